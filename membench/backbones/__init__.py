@@ -1,0 +1,118 @@
+"""Backbone registry: named models (shipped configs) and the families that build them.
+
+To add a family: write one file next to this one with a `Family` subclass and
+add it to `FAMILIES`. To add a named model: drop its config JSON in `configs/`.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+
+from ..errors import UserError
+from .bart import BartFamily
+from .base import Backbone, Family
+from .bert import BertFamily, RobertaFamily
+from .gpt2 import GPT2Family
+from .llama import LlamaFamily
+from .opt import OPTFamily
+
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (BertFamily(), RobertaFamily(), BartFamily(), OPTFamily(), GPT2Family(), LlamaFamily())
+}
+_BY_MODEL_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}
+
+__all__ = ["Backbone", "Family", "FAMILIES", "names", "get", "family_for", "make_config", "parse_overrides"]
+
+
+@cache
+def _shipped() -> dict[str, dict]:
+    out = {}
+    for entry in resources.files(__package__).joinpath("configs").iterdir():
+        if entry.name.endswith(".json"):
+            out[entry.name[:-5]] = json.loads(entry.read_text())
+    return dict(sorted(out.items()))
+
+
+def names() -> list[str]:
+    return list(_shipped())
+
+
+def family_for(model_type: str) -> Family:
+    if model_type not in _BY_MODEL_TYPE:
+        raise UserError(f"model type {model_type!r} has no backbone family; supported: {', '.join(sorted(_BY_MODEL_TYPE))}")
+    return _BY_MODEL_TYPE[model_type]
+
+
+def get(name: str) -> Backbone:
+    shipped = _shipped()
+    if name not in shipped:
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(shipped)}")
+    values = shipped[name]
+    return Backbone(name=name, family=family_for(values["model_type"]), config_values=dict(values))
+
+
+def parse_overrides(items) -> dict[str, object]:
+    """['num_hidden_layers=2', 'hidden_act=relu'] -> typed dict (values parsed as JSON when they can be)."""
+    out: dict[str, object] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise UserError(f"bad override {item!r}: expected KEY=VALUE, e.g. num_hidden_layers=24")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        if not key:
+            raise UserError(f"bad override {item!r}: empty key")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key] = value
+    return out
+
+
+def _check_type(key: str, old, new):
+    if old is None or new is None:
+        return new
+    if isinstance(old, bool):
+        if not isinstance(new, bool):
+            raise UserError(f"override {key}={new!r}: expected true or false")
+    elif isinstance(old, int):
+        if isinstance(new, bool) or not isinstance(new, int):
+            raise UserError(f"override {key}={new!r}: expected an integer")
+        if new <= 0 and ("layers" in key or "size" in key or "heads" in key or "dim" in key or key.startswith("n_")):
+            raise UserError(f"override {key}={new}: must be a positive integer")
+    elif isinstance(old, float):
+        if isinstance(new, bool) or not isinstance(new, int | float):
+            raise UserError(f"override {key}={new!r}: expected a number")
+        new = float(new)
+    elif isinstance(old, str) and not isinstance(new, str):
+        new = str(new)
+    return new
+
+
+def make_config(backbone: Backbone | None, overrides: dict | None = None, attn: str = "sdpa",
+                pretrained: str | None = None):
+    """The transformers config for a named model (or a local checkpoint), with overrides applied."""
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    if attn not in ("eager", "sdpa"):
+        raise UserError(f"unknown attention implementation {attn!r}; allowed: eager, sdpa")
+    if pretrained:
+        try:
+            config = AutoConfig.from_pretrained(pretrained, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load a config from {pretrained!r}: {str(exc).splitlines()[0]}") from None
+    else:
+        values = dict(backbone.config_values)
+        config = CONFIG_MAPPING[values.pop("model_type")](**values)
+    known = config.to_dict()
+    for key, value in (overrides or {}).items():
+        if key not in known and not hasattr(config, key):
+            sizes = [k for k in sorted(known) if any(w in k for w in ("layer", "hidden", "head", "size", "dim", "n_"))]
+            raise UserError(f"unknown config key {key!r} for {config.model_type}; size keys are: {', '.join(sizes)}")
+        setattr(config, key, _check_type(key, known.get(key, getattr(config, key, None)), value))
+    config._attn_implementation = attn
+    fam = family_for(config.model_type)
+    if fam.task == "classification" and not getattr(config, "num_labels", None):
+        config.num_labels = 2
+    return config

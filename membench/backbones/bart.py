@@ -1,0 +1,82 @@
+"""BART: post-LN encoder-decoder, GELU FFN, classification head (eos pooling).
+
+Encoder layer:  h = LN(h + Dropout(Attn(h)));  h = LN(h + Dropout(W2 Dropout(act(W1 h))))
+Decoder layer:  adds LN(h + Dropout(CrossAttn(h, enc))) after self-attention; the
+attention block is self- plus cross-attention, the FFN block is the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .base import Family
+
+
+@dataclass
+class BartFamily(Family):
+    name: str = "bart"
+    model_types: tuple[str, ...] = ("bart",)
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "fc2")
+    ia3_feedforward: tuple[str, ...] = ("fc2",)
+
+    def hidden_size(self, config):
+        return config.d_model
+
+    def activation(self, config):
+        return config.activation_function
+
+    def num_layers_key(self, config):
+        return ("encoder_layers", "decoder_layers")
+
+    def make_batch(self, config, batch_size, seq_len, generator):
+        # BartForSequenceClassification pools the last <eos>: every row needs exactly one, at the end.
+        batch = super().make_batch(config, batch_size, seq_len, generator)
+        batch["input_ids"][:, -1] = config.eos_token_id
+        return batch
+
+    def stacks(self, model):
+        return {"encoder": model.model.encoder.layers, "decoder": model.model.decoder.layers}
+
+    def embeddings(self, model):
+        m = model.model
+        return [m.shared, m.encoder.embed_positions, m.encoder.layernorm_embedding,
+                m.decoder.embed_positions, m.decoder.layernorm_embedding]
+
+    def attn_out(self, layer):
+        return layer.self_attn.out_proj
+
+    def ffn_in(self, layer):
+        return layer.fc1
+
+    def ffn_out(self, layer):
+        return layer.fc2
+
+    def attention_block(self, layer, hidden, attention_mask=None, encoder_hidden_states=None,
+                        encoder_attention_mask=None, cache=None, use_cache=None, **kwargs):
+        is_decoder = hasattr(layer, "encoder_attn")
+        extra = {"cache": cache} if is_decoder else {}
+        out, _ = layer.self_attn(hidden, attention_mask=attention_mask, **extra, **kwargs)
+        hidden = layer.self_attn_layer_norm(hidden + nn.functional.dropout(out, p=layer.dropout,
+                                                                          training=layer.training))
+        if is_decoder and encoder_hidden_states is not None:
+            out, _ = layer.encoder_attn(hidden, key_value_states=encoder_hidden_states,
+                                        attention_mask=encoder_attention_mask, cache=cache, **kwargs)
+            hidden = layer.encoder_attn_layer_norm(
+                hidden + nn.functional.dropout(out, p=layer.dropout, training=layer.training))
+        return hidden
+
+    def ffn_block(self, layer, hidden):
+        import torch
+
+        residual = hidden
+        hidden = layer.activation_fn(layer.fc1(hidden))
+        hidden = nn.functional.dropout(hidden, p=layer.activation_dropout, training=layer.training)
+        hidden = nn.functional.dropout(layer.fc2(hidden), p=layer.dropout, training=layer.training)
+        hidden = layer.final_layer_norm(residual + hidden)
+        if not hasattr(layer, "encoder_attn") and hidden.dtype == torch.float16 and not torch.isfinite(hidden).all():
+            clamp = torch.finfo(hidden.dtype).max - 1000
+            hidden = torch.clamp(hidden, min=-clamp, max=clamp)
+        return hidden

@@ -1,0 +1,110 @@
+"""What a backbone family tells the rest of membench.
+
+A *family* (bert, opt, ...) is one small file that wraps transformers' own
+modules: how to build the model for its task, where its layer stacks are, and
+how one layer splits into an attention half and an FFN half:
+
+    layer(h) == ffn_block(layer, attention_block(layer, h, *args, **kwargs))
+
+Methods find everything they need here (LoRA targets, where adapters hook in,
+the blocks MEFT makes reversible); profilers only need `groups()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass
+class Family:
+    """Base class; subclasses override the hooks below. Instances are stateless."""
+
+    name: str = ""
+    model_types: tuple[str, ...] = ()
+    task: str = "classification"  # "classification" (2 labels) or "causal-lm"
+    lora_targets: tuple[str, ...] = ()  # peft's usual targets for this family
+    ia3_targets: tuple[str, ...] = ()
+    ia3_feedforward: tuple[str, ...] = ()
+    decoder: bool = False  # stacks run causal self-attention
+
+    # ---- config -----------------------------------------------------------
+    def hidden_size(self, config) -> int:
+        return config.hidden_size
+
+    def activation(self, config) -> str:
+        return getattr(config, "hidden_act", None) or getattr(config, "activation_function", "gelu")
+
+    def max_positions(self, config) -> int:
+        return config.max_position_embeddings
+
+    def num_layers_key(self, config) -> tuple[str, ...]:
+        return ("num_hidden_layers",)
+
+    # ---- model ------------------------------------------------------------
+    def build(self, config) -> nn.Module:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        if self.task == "causal-lm":
+            return AutoModelForCausalLM.from_config(config)
+        config.num_labels = getattr(config, "num_labels", 2) or 2
+        return AutoModelForSequenceClassification.from_config(config)
+
+    def load_pretrained(self, path: str, config) -> nn.Module:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        cls = AutoModelForCausalLM if self.task == "causal-lm" else AutoModelForSequenceClassification
+        return cls.from_pretrained(path, config=config, local_files_only=True)
+
+    def make_batch(self, config, batch_size: int, seq_len: int, generator: torch.Generator) -> dict[str, Any]:
+        """Random token ids (and labels) for one training step, on the CPU."""
+        import torch
+
+        low = 3 if config.vocab_size > 3 else 0
+        ids = torch.randint(low, config.vocab_size, (batch_size, seq_len), generator=generator)
+        if self.task == "causal-lm":
+            return {"input_ids": ids, "labels": ids.clone()}
+        labels = torch.randint(0, config.num_labels, (batch_size,), generator=generator)
+        return {"input_ids": ids, "labels": labels}
+
+    # ---- structure --------------------------------------------------------
+    def stacks(self, model) -> dict[str, nn.ModuleList]:
+        """Named layer stacks, bottom to top (BART: encoder then decoder)."""
+        raise NotImplementedError
+
+    def embeddings(self, model) -> list[nn.Module]:
+        """Modules that turn ids into the first hidden state (reported as 'embeddings')."""
+        return [model.get_input_embeddings()]
+
+    def attn_out(self, layer) -> nn.Module:
+        """The attention output projection (adapters 'after attention' hook here)."""
+        raise NotImplementedError
+
+    def ffn_in(self, layer) -> nn.Module:
+        """The module whose input is the FFN sub-layer's input (parallel adapters read it)."""
+        raise NotImplementedError
+
+    def ffn_out(self, layer) -> nn.Module:
+        """The module whose output is the FFN branch before its residual (adapters add here)."""
+        raise NotImplementedError
+
+    def attention_block(self, layer, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Attention sub-layer with its residual and LayerNorm; args/kwargs are what the HF stack passes the layer."""
+        raise NotImplementedError
+
+    def ffn_block(self, layer, hidden: torch.Tensor) -> torch.Tensor:
+        """FFN sub-layer with its residual and LayerNorm."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A named model: a family plus its architecture values (shipped JSON)."""
+
+    name: str
+    family: Family
+    config_values: dict = field(default_factory=dict)

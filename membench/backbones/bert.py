@@ -1,0 +1,56 @@
+"""BERT and RoBERTa: post-LN encoders, classification head.
+
+    h = LN(h + Dropout(Wo Attn(h)))          attention_block
+    h = LN(h + Dropout(W2 act(W1 h)))        ffn_block
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Family
+
+
+@dataclass
+class BertFamily(Family):
+    name: str = "bert"
+    model_types: tuple[str, ...] = ("bert",)
+    lora_targets: tuple[str, ...] = ("query", "value")
+    ia3_targets: tuple[str, ...] = ("key", "value", "output.dense")
+    ia3_feedforward: tuple[str, ...] = ("output.dense",)
+    prefix: str = "bert"
+
+    def stacks(self, model):
+        return {"layers": getattr(model, self.prefix).encoder.layer}
+
+    def embeddings(self, model):
+        return [getattr(model, self.prefix).embeddings]
+
+    def attn_out(self, layer):
+        return layer.attention.output.dense
+
+    def ffn_in(self, layer):
+        return layer.intermediate
+
+    def ffn_out(self, layer):
+        return layer.output.dense
+
+    def attention_block(self, layer, hidden, attention_mask=None, *args, **kwargs):
+        kwargs.pop("encoder_hidden_states", None)
+        kwargs.pop("encoder_attention_mask", None)
+        out, _ = layer.attention(hidden, attention_mask, **kwargs)
+        return out
+
+    def ffn_block(self, layer, hidden):
+        return layer.output(layer.intermediate(hidden), hidden)
+
+
+@dataclass
+class RobertaFamily(BertFamily):
+    name: str = "roberta"
+    model_types: tuple[str, ...] = ("roberta",)
+    prefix: str = "roberta"
+
+    def max_positions(self, config):
+        # RoBERTa's position ids start after the padding index.
+        return config.max_position_embeddings - config.pad_token_id - 1

@@ -1,0 +1,47 @@
+"""Llama: decoder, pre-RMSNorm, SwiGLU FFN, rotary positions, causal LM head.
+
+    h = h + Attn(RMSNorm(h))          attention_block
+    h = h + MLP(RMSNorm(h))           ffn_block
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Family
+
+
+@dataclass
+class LlamaFamily(Family):
+    name: str = "llama"
+    model_types: tuple[str, ...] = ("llama",)
+    task: str = "causal-lm"
+    decoder: bool = True
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "down_proj")
+    ia3_feedforward: tuple[str, ...] = ("down_proj",)
+
+    def stacks(self, model):
+        return {"layers": model.model.layers}
+
+    def embeddings(self, model):
+        return [model.model.embed_tokens, model.model.rotary_emb]
+
+    def attn_out(self, layer):
+        return layer.self_attn.o_proj
+
+    def ffn_in(self, layer):
+        return layer.mlp
+
+    def ffn_out(self, layer):
+        return layer.mlp
+
+    def attention_block(self, layer, hidden, attention_mask=None, position_ids=None, cache=None,
+                        use_cache=False, position_embeddings=None, **kwargs):
+        out, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden), attention_mask=attention_mask,
+                                 position_ids=position_ids, cache=cache, use_cache=use_cache,
+                                 position_embeddings=position_embeddings, **kwargs)
+        return hidden + out
+
+    def ffn_block(self, layer, hidden):
+        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))

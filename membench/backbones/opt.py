@@ -1,0 +1,68 @@
+"""OPT: decoder, pre-LN (350m: post-LN), ReLU FFN, causal LM head.
+
+    h = h + Dropout(Wo Attn(LN(h)))          attention_block (LN after the add when post-LN)
+    h = h + Dropout(W2 relu(W1 LN(h)))       ffn_block
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .base import Family
+
+
+@dataclass
+class OPTFamily(Family):
+    name: str = "opt"
+    model_types: tuple[str, ...] = ("opt",)
+    task: str = "causal-lm"
+    decoder: bool = True
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "fc2")
+    ia3_feedforward: tuple[str, ...] = ("fc2",)
+
+    def max_positions(self, config):
+        return config.max_position_embeddings
+
+    def stacks(self, model):
+        return {"layers": model.model.decoder.layers}
+
+    def embeddings(self, model):
+        dec = model.model.decoder
+        return [m for m in (dec.embed_tokens, dec.embed_positions, dec.project_in) if m is not None]
+
+    def attn_out(self, layer):
+        return layer.self_attn.out_proj
+
+    def ffn_in(self, layer):
+        return layer.fc1
+
+    def ffn_out(self, layer):
+        return layer.fc2
+
+    def attention_block(self, layer, hidden, attention_mask=None, cache=None, use_cache=False,
+                        position_ids=None, **kwargs):
+        residual = hidden
+        if layer.do_layer_norm_before:
+            hidden = layer.self_attn_layer_norm(hidden)
+        hidden, _ = layer.self_attn(hidden_states=hidden, cache=cache, position_ids=position_ids,
+                                    attention_mask=attention_mask, **kwargs)
+        hidden = residual + nn.functional.dropout(hidden, p=layer.dropout, training=layer.training)
+        if not layer.do_layer_norm_before:
+            hidden = layer.self_attn_layer_norm(hidden)
+        return hidden
+
+    def ffn_block(self, layer, hidden):
+        shape = hidden.shape
+        hidden = hidden.reshape(-1, hidden.size(-1))
+        residual = hidden
+        if layer.do_layer_norm_before:
+            hidden = layer.final_layer_norm(hidden)
+        hidden = layer.fc2(layer.activation_fn(layer.fc1(hidden)))
+        hidden = nn.functional.dropout(hidden, p=layer.dropout, training=layer.training)
+        hidden = (residual + hidden).view(shape)
+        if not layer.do_layer_norm_before:
+            hidden = layer.final_layer_norm(hidden)
+        return hidden

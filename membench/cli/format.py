@@ -1,0 +1,28 @@
+"""Human units and shared rich helpers (no torch)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def human_bytes(n: int | float | None) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+@contextlib.contextmanager
+def status(message: str):
+    """A spinner on stderr while work runs; yields a function that updates its text."""
+    with err_console.status(message) as st:
+        yield lambda msg: st.update(f"{message}: {msg}")

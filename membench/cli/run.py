@@ -1,0 +1,105 @@
+"""`membench run`: profile one training step and print the per-layer table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..errors import UserError
+from . import app
+from .format import console, human_bytes, status
+
+
+def parse_options(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"bad --option {item!r}: expected KEY=VALUE, e.g. r=16")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def print_result(result) -> None:
+    table = Table(title=f"{result.model} · {result.method} · b{result.batch_size} s{result.seq_len} · "
+                        f"{result.dtype} · {result.device}")
+    table.add_column("layer")
+    table.add_column("saved for backward", justify="right")
+    table.add_column("recomputed in backward", justify="right")
+    for row in result.layers:
+        table.add_row(row.name, human_bytes(row.activation_bytes),
+                      human_bytes(row.recompute_bytes) if row.recompute_bytes else "")
+    table.add_section()
+    table.add_row("[bold]total", f"[bold]{human_bytes(result.activation_bytes)}",
+                  human_bytes(result.recompute_bytes) if result.recompute_bytes else "")
+    console.print(table)
+
+    bd = Table(title="memory breakdown of one step", show_header=False)
+    bd.add_column("what")
+    bd.add_column("bytes", justify="right")
+    pct = 100 * result.num_trainable_params / max(result.num_params, 1)
+    bd.add_row("parameters", f"{human_bytes(result.param_bytes)} ({result.num_params:,})")
+    bd.add_row("trainable parameters", f"{human_bytes(result.trainable_param_bytes)} "
+                                       f"({result.num_trainable_params:,}, {pct:.2f}%)")
+    bd.add_row("gradients", human_bytes(result.grad_bytes))
+    bd.add_row("optimizer state (AdamW)", human_bytes(result.optimizer_bytes))
+    bd.add_row("activations (saved at end of forward)", human_bytes(result.activation_bytes))
+    bd.add_row(f"peak activations + temporaries ({result.peak_phase})", human_bytes(result.peak_activation_bytes))
+    if result.input_bytes:
+        bd.add_row("model inputs", human_bytes(result.input_bytes))
+    if result.weight_copy_bytes:
+        bd.add_row("weight copies saved (casts)", human_bytes(result.weight_copy_bytes))
+    bd.add_row("[bold]estimated peak of the step", f"[bold]{human_bytes(result.estimated_peak_bytes)}")
+    if result.cuda:
+        bd.add_section()
+        bd.add_row("CUDA max allocated", human_bytes(result.cuda.get("max_allocated_bytes")))
+        bd.add_row("CUDA max reserved", human_bytes(result.cuda.get("max_reserved_bytes")))
+        bd.add_row("CUDA activation (paper: peak - after step)", human_bytes(result.cuda.get("paper_activation_bytes")))
+    if result.nvml:
+        used = result.nvml.get("peak_used_bytes")
+        bd.add_row("NVML device used (peak)", human_bytes(used) if result.nvml.get("available") else "unavailable")
+    console.print(bd)
+
+
+@app.command()
+def run(
+    model: str = typer.Option(None, "--model", "-m", help="named model (see `membench list`)"),
+    method: str = typer.Option("full", "--method", help="method, optionally with modifiers: lora, full+ckpt"),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="sequences per step"),
+    seq_len: int = typer.Option(512, "--seq-len", "-s", help="tokens per sequence"),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16, fp16 or fp64"),
+    device: str = typer.Option(None, "--device", help="cpu, fake or cuda (default: cuda if present, else fake)"),
+    attn: str = typer.Option("sdpa", "--attn", help="attention implementation: eager or sdpa"),
+    override: list[str] = typer.Option(None, "--override", help="config KEY=VALUE (repeatable)"),
+    option: list[str] = typer.Option(None, "--option", "-o", help="method option KEY=VALUE (repeatable)"),
+    pretrained: str = typer.Option(None, "--pretrained", help="local checkpoint folder (offline)"),
+    seed: int = typer.Option(0, "--seed"),
+    snapshot: Path = typer.Option(None, "--snapshot", help="CUDA only: dump a memory_viz snapshot here"),
+    out: Path = typer.Option(None, "--out", help="write the result as JSON"),
+    db: Path = typer.Option(None, "--db", help="also store the run in this results database"),
+) -> None:
+    """Profile one training step (forward, backward, AdamW) of MODEL fine-tuned with METHOD."""
+    from .. import backbones
+    from ..runner import profile
+
+    if not model and not pretrained:
+        raise UserError("give --model NAME (see `membench list`) or --pretrained PATH")
+    if out is not None and out.parent and not out.parent.exists():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    overrides = backbones.parse_overrides(override)
+    with status("profiling") as say:
+        result = profile(model, method, batch_size=batch_size, seq_len=seq_len, dtype=dtype, device=device,
+                         attn=attn, overrides=overrides, method_options=parse_options(option),
+                         pretrained=pretrained, seed=seed, snapshot=str(snapshot) if snapshot else None,
+                         progress=say)
+    print_result(result)
+    if out is not None:
+        result.save(str(out))
+        console.print(f"wrote {out}")
+    if db is not None:
+        from ..results import store_result
+
+        store_result(str(db), result)
+        console.print(f"stored in {db}")

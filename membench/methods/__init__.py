@@ -1,0 +1,73 @@
+"""Method registry. A method registers itself with `@register` in its own module.
+
+Names combine with modifiers: `lora+ckpt` is LoRA with gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from .base import Method, MethodConfig
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if cls.name in _REGISTRY:
+        raise RuntimeError(f"method {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def names(include_modifiers: bool = False) -> list[str]:
+    _load()
+    return [n for n, m in _REGISTRY.items() if include_modifiers or not m.is_modifier]
+
+
+def modifier_names() -> list[str]:
+    _load()
+    return [n for n, m in _REGISTRY.items() if m.is_modifier]
+
+
+def get(name: str) -> Method:
+    _load()
+    if name not in _REGISTRY:
+        raise UserError(f"unknown method {name!r}; known methods: {', '.join(names())}"
+                        + (f" (modifiers: {', '.join(modifier_names())})" if modifier_names() else ""))
+    return _REGISTRY[name]
+
+
+def resolve(spec: str) -> tuple[Method, list[Method]]:
+    """'lora+ckpt' -> (lora, [ckpt]); every part must be registered, modifiers after the method."""
+    parts = [p.strip() for p in str(spec).split("+")]
+    if not parts or not parts[0]:
+        raise UserError(f"empty method name; known methods: {', '.join(names())}")
+    method = get(parts[0])
+    if method.is_modifier:
+        raise UserError(f"{parts[0]!r} is a modifier; write it after a method, e.g. full+{parts[0]}")
+    mods = []
+    for p in parts[1:]:
+        m = get(p)
+        if not m.is_modifier:
+            raise UserError(f"{p!r} is a method, not a modifier; modifiers: {', '.join(modifier_names()) or 'none'}")
+        mods.append(m)
+    return method, mods
+
+
+_LOADED = False
+
+
+def _load() -> None:
+    """Import the method modules (each registers itself)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in ("base",):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+__all__ = ["Method", "MethodConfig", "register", "names", "get", "resolve", "modifier_names"]

@@ -1,0 +1,75 @@
+"""The method interface: one small module per method, registered by name.
+
+A method turns a freshly built backbone model into the model that trains:
+
+    model = method.apply(model, family, options)     # options: the method's Config dataclass
+
+It chooses which parameters train (everything else is frozen) and may insert
+modules (adapters, LoRA) or change how the stack runs (checkpointing, MEFT).
+A *modifier* (e.g. `ckpt`) is applied after any method: `lora+ckpt`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import UserError
+
+
+@dataclass
+class MethodConfig:
+    """Options of a method; subclasses add fields with defaults."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Method:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    is_modifier: ClassVar[bool] = False
+
+    def apply(self, model, family, cfg: MethodConfig):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def defaults(self, family) -> dict[str, Any]:
+        """Per-family defaults (e.g. LoRA targets); user options win."""
+        return {}
+
+    def make_config(self, family, options: dict[str, Any] | None = None) -> MethodConfig:
+        values = dict(self.defaults(family)) if family is not None else {}
+        fields = {f.name: f for f in dataclasses.fields(self.Config)}
+        for key, value in (options or {}).items():
+            if key not in fields:
+                allowed = ", ".join(fields) or "none"
+                raise UserError(f"method {self.name!r} has no option {key!r}; options: {allowed}")
+            values[key] = _coerce(self.name, key, fields[key], value)
+        return self.Config(**values)
+
+
+def _coerce(method: str, key: str, f: dataclasses.Field, value):
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            if isinstance(default, list | tuple) or default is None:
+                value = [v for v in value.split(",") if v] if "," in value or isinstance(default, list | tuple) else value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"option {method}.{key}={value!r}: expected true or false")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"option {method}.{key}={value!r}: expected an integer")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"option {method}.{key}={value!r}: expected a number")
+        value = float(value)
+    elif isinstance(default, list | tuple) and isinstance(value, str):
+        value = [value]
+    return value

@@ -1,0 +1,39 @@
+"""LoRA through peft: W x + (alpha/r) B A x on the family's usual targets; the base is frozen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import register
+from .base import Method, MethodConfig
+
+
+@dataclass
+class LoraOptions(MethodConfig):
+    r: int = 8
+    alpha: int = 8
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)
+
+
+def peft_task_type(family) -> str:
+    return "CAUSAL_LM" if family.task == "causal-lm" else "SEQ_CLS"
+
+
+@register
+class Lora(Method):
+    name = "lora"
+    summary = "LoRA (peft): low-rank updates on attention projections, base frozen"
+    Config = LoraOptions
+
+    def defaults(self, family):
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as targets
+
+        return {"target_modules": list(targets.get(family.model_types[0], family.lora_targets))}
+
+    def apply(self, model, family, cfg: LoraOptions):
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                            target_modules=list(cfg.target_modules), task_type=peft_task_type(family))
+        return get_peft_model(model, config)

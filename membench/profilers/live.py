@@ -1,0 +1,108 @@
+"""Live-memory tracker: every storage an op creates, from birth until it is freed.
+
+A TorchDispatchMode sees each op's outputs; a weak reference on each new
+storage tells us when it dies (storages keep their Python object alive as long
+as the C++ storage lives, so the callback fires exactly at free). This works
+on real CPU/CUDA tensors and on fake tensors (where nothing is allocated), and
+during backward, so memory that recomputing methods need is charged too.
+
+Events are kept as a time line; `peak()` replays it, optionally leaving out
+storages that turned out to be persistent (parameter gradients, optimizer
+state), which is how activation+temporary peaks are separated from the
+breakdown's other terms.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
+
+_CASTS = {"_to_copy", "to", "clone", "_autocast_to_reduced_precision", "_autocast_to_full_precision"}
+
+
+@dataclass
+class Peak:
+    bytes: int
+    phase: str
+    event: int
+
+
+class LiveMemoryTracker(TorchDispatchMode):
+    """Usage: `with tracker: step()`; set `tracker.phase` as the step moves on."""
+
+    def __init__(self, known: list[torch.Tensor] = ()):
+        super().__init__()
+        self.phase = "forward"
+        self._ids = WeakIdKeyDictionary()  # storage -> record id
+        self._ignore = WeakIdKeyDictionary()  # parameters, buffers, inputs: allocated before the step
+        self._weight_copies = WeakIdKeyDictionary()
+        self._refs: dict[int, weakref.ref] = {}
+        self.sizes: list[int] = []
+        self.events: list[tuple[int, int, str]] = []  # (+/-1, record id, phase)
+        for t in known:
+            self._ignore[t.untyped_storage()] = True
+
+    # ---- tracking ---------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat, _ = tree_flatten(out)
+        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+        if not tensors:
+            return out
+        from_weight = func.__name__.split(".")[0] in _CASTS and any(
+            isinstance(a, torch.Tensor) and a.untyped_storage() in self._ignore for a in args[:1])
+        for t in tensors:
+            self._track(t.untyped_storage(), from_weight)
+        return out
+
+    def _track(self, st, from_weight: bool) -> None:
+        if st in self._ids or st in self._ignore:
+            return
+        rid = len(self.sizes)
+        self._ids[st] = rid
+        self.sizes.append(st.nbytes())
+        self.events.append((1, rid, self.phase))
+        if from_weight:
+            self._weight_copies[st] = True
+        self._refs[rid] = weakref.ref(st, lambda _r, rid=rid: self._free(rid))
+
+    def _free(self, rid: int) -> None:
+        self._refs.pop(rid, None)
+        self.events.append((-1, rid, self.phase))
+
+    def is_weight_copy(self, storage) -> bool:
+        return storage in self._weight_copies
+
+    def record_id(self, tensor: torch.Tensor) -> int | None:
+        return self._ids.get(tensor.untyped_storage())
+
+    # ---- results ----------------------------------------------------------
+    def live_bytes(self, exclude: set[int] = frozenset()) -> int:
+        return sum(self.sizes[r] for r in self._refs if r not in exclude)
+
+    def peak(self, exclude: set[int] = frozenset(), phases: tuple[str, ...] | None = None) -> Peak:
+        """Highest live total over the time line (or the part of it in `phases`)."""
+        cur = best = 0
+        best_phase, best_i = "", -1
+        for i, (sign, rid, phase) in enumerate(self.events):
+            if rid in exclude:
+                continue
+            cur += sign * self.sizes[rid]
+            if cur > best and (phases is None or phase in phases):
+                best, best_phase, best_i = cur, phase, i
+        return Peak(best, best_phase, best_i)
+
+    def peaks_by_phase(self, exclude: set[int] = frozenset()) -> dict[str, int]:
+        cur = 0
+        out: dict[str, int] = {}
+        for sign, rid, phase in self.events:
+            if rid in exclude:
+                continue
+            cur += sign * self.sizes[rid]
+            out[phase] = max(out.get(phase, 0), cur)
+        return out

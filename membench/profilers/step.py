@@ -1,0 +1,175 @@
+"""Profile one training step (forward, backward, optimizer step) of any nn.Module.
+
+The profilers stack like this; each knows nothing of methods or backbones:
+
+    LiveMemoryTracker (dispatch mode: every storage, alloc -> free)
+      SavedTensorLedger (saved-tensor + module hooks: bytes saved per module)
+        [CudaAllocatorStats per phase, NvmlSampler thread]   on CUDA only
+          forward -> loss.backward() -> optimizer.step()
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cuda import CudaAllocatorStats
+from .ledger import FORWARD, RECOMPUTE, LedgerReport, SavedTensorLedger
+from .live import LiveMemoryTracker
+from .nvml import NvmlSampler
+
+
+def default_loss(output) -> torch.Tensor:
+    """HF outputs carry `.loss`; otherwise sum the first tensor (sum saves nothing)."""
+    loss = getattr(output, "loss", None)
+    if loss is not None:
+        return loss
+    if isinstance(output, torch.Tensor):
+        return output.sum()
+    if isinstance(output, dict):
+        output = list(output.values())
+    for item in output:
+        if isinstance(item, torch.Tensor):
+            return item.sum()
+    raise TypeError("cannot find a tensor in the model output to build a loss; pass loss_fn")
+
+
+def _unique_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        st = t.untyped_storage()
+        if id(st) not in seen:
+            seen.add(id(st))
+            total += st.nbytes()
+    return total
+
+
+@dataclass
+class StepProfile:
+    ledger: LedgerReport
+    activation_bytes: int
+    recompute_bytes: int
+    peak_activation_bytes: int
+    peak_phase: str
+    peak_by_phase: dict[str, int]
+    estimated_peak_bytes: int
+    param_bytes: int
+    trainable_param_bytes: int
+    buffer_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    input_bytes: int
+    num_params: int
+    num_trainable_params: int
+    loss: float | None
+    cuda: dict = field(default_factory=dict)
+    nvml: dict = field(default_factory=dict)
+
+
+def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor, *,
+                 loss_fn: Callable[[Any], torch.Tensor] = default_loss,
+                 groups: dict[nn.Module, str] | None = None,
+                 optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
+                 cuda: bool = False, snapshot_path: str | None = None, track_live: bool = True,
+                 read_loss: bool = True) -> StepProfile:
+    """Run one step of `model` on `batch` under the profilers and return what they measured."""
+    params = [p for p in model.parameters()]
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameter: nothing to fine-tune")
+    opt = (optimizer or (lambda ps: torch.optim.AdamW(ps, lr=1e-4)))(trainable)
+    inputs = _flatten_tensors(batch)
+    known = params + list(model.buffers()) + inputs
+
+    tracker = LiveMemoryTracker(known) if track_live else None
+    ledger = SavedTensorLedger(model, groups, inputs=tuple(inputs),
+                               is_weight_copy=tracker.is_weight_copy if tracker else None)
+    cuda_stats = CudaAllocatorStats(snapshot_path=snapshot_path) if cuda else None
+    nvml = NvmlSampler() if cuda else None
+
+    def phase(name):
+        if tracker is not None:
+            tracker.phase = name
+        if nvml is not None:
+            nvml.phase = name
+        return cuda_stats.phase(name) if cuda_stats else contextlib.nullcontext()
+
+    model.train()
+    with contextlib.ExitStack() as stack:
+        if nvml is not None:
+            stack.enter_context(nvml)
+        if cuda_stats is not None:
+            stack.enter_context(cuda_stats)
+        if tracker is not None:
+            stack.enter_context(tracker)
+        stack.enter_context(ledger)
+        with phase("forward"):
+            out = _call(model, batch)
+            loss = loss_fn(out)
+        ledger.phase = RECOMPUTE
+        with phase("backward"):
+            loss.backward()
+        grads = [p.grad for p in trainable if p.grad is not None]
+        with phase("optimizer"):
+            opt.step()
+        loss_value = float(loss.detach()) if read_loss else None
+        del out, loss
+    state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+
+    report = ledger.report()
+    grad_bytes, opt_bytes = _unique_bytes(grads), _unique_bytes(state)
+    param_bytes = _unique_bytes(params)
+    buffer_bytes = _unique_bytes(list(model.buffers()))
+    input_bytes = _unique_bytes(inputs)
+    if tracker is not None:
+        grad_ids = {tracker.record_id(g) for g in grads} - {None}
+        opt_ids = {tracker.record_id(t) for t in state} - {None}
+        act_peak = tracker.peak(exclude=grad_ids | opt_ids)
+        step_peak = tracker.peak(exclude=opt_ids).bytes
+        by_phase = tracker.peaks_by_phase(exclude=grad_ids | opt_ids)
+        peak_bytes, peak_phase = act_peak.bytes, act_peak.phase
+    else:
+        peak_bytes, peak_phase, by_phase = report.total(FORWARD), "forward", {}
+        step_peak = peak_bytes + grad_bytes
+    result = StepProfile(
+        ledger=report,
+        activation_bytes=report.total(FORWARD),
+        recompute_bytes=report.total(RECOMPUTE),
+        peak_activation_bytes=peak_bytes,
+        peak_phase=peak_phase,
+        peak_by_phase=by_phase,
+        estimated_peak_bytes=param_bytes + buffer_bytes + input_bytes + opt_bytes + step_peak,
+        param_bytes=param_bytes,
+        trainable_param_bytes=_unique_bytes(trainable),
+        buffer_bytes=buffer_bytes,
+        grad_bytes=grad_bytes,
+        optimizer_bytes=opt_bytes,
+        input_bytes=input_bytes,
+        num_params=sum(p.numel() for p in params),
+        num_trainable_params=sum(p.numel() for p in trainable),
+        loss=loss_value,
+        cuda=cuda_stats.summary() if cuda_stats else {},
+        nvml=nvml.summary() if nvml else {},
+    )
+    opt.zero_grad(set_to_none=True)
+    return result
+
+
+def _call(model, batch):
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, tuple | list):
+        return model(*batch)
+    return model(batch)
+
+
+def _flatten_tensors(batch) -> list[torch.Tensor]:
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    values = batch.values() if isinstance(batch, dict) else batch
+    return [t for t in values if isinstance(t, torch.Tensor)]

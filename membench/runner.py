@@ -1,0 +1,279 @@
+"""Compose a backbone, a method and the profilers into one profiled training step.
+
+    profile("opt-1.3b", "meft3", ...)          registered backbone + registered method
+    profile_module(my_model, my_batch, ...)    any nn.Module the user built
+
+Backends: `cpu` (real tensors), `fake` (FakeTensorMode: shapes and dtypes only,
+exact CPU kernels, no memory; the default without a GPU), `cuda` (real tensors
+plus the caching allocator and NVML).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import backbones, dtypes, methods
+from .errors import UserError
+from .result import LayerRow, RunResult
+
+DEVICES = ("cpu", "fake", "cuda")
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "fake"
+
+
+def check_device(device: str | None) -> str:
+    import torch
+
+    device = device or default_device()
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible here; use --device fake (no memory) or cpu")
+    return device
+
+
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype):
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+@contextlib.contextmanager
+def build_device(device: str):
+    """Where models are built: fake models are built on `meta` (no memory) and made fake afterwards."""
+    import torch
+
+    with torch.device({"fake": "meta", "cuda": "cuda"}.get(device, "cpu")):
+        yield
+
+
+def fake_mode():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode()
+
+
+def fakeify(module, mode):
+    """Swap every meta parameter/buffer for a fake CPU tensor (tied weights stay tied).
+
+    `.to()` on fake parameters fails (swap_tensors refuses them), so models are
+    built on meta and converted once, here.
+    """
+    import torch
+
+    cpu = torch.device("cpu")
+    memo: dict[int, torch.Tensor] = {}
+
+    def fake(t, param: bool):
+        if id(t) not in memo:
+            f = mode.fake_tensor_converter.from_meta_and_device(mode, t.data if param else t, cpu)
+            memo[id(t)] = torch.nn.Parameter(f, requires_grad=t.requires_grad) if param else f
+        return memo[id(t)]
+
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[name] = fake(p, True)
+        for name, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[name] = fake(b, False)
+    return module
+
+
+def layer_groups(model, family, base_model) -> tuple[dict, list[str]]:
+    """Every module -> its report row: 'embeddings', '<stack>.<i>' or 'head'; and the row order."""
+    groups = {m: "head" for m in model.modules()}
+    for emb in family.embeddings(base_model):
+        for m in emb.modules():
+            groups[m] = "embeddings"
+    order = ["embeddings"]
+    for stack, layers in family.stacks(base_model).items():
+        for i, layer in enumerate(layers):
+            name = f"{stack}.{i}"
+            order.append(name)
+            for m in layer.modules():
+                groups[m] = name
+    return groups, order + ["head", "outside"]
+
+
+def build(model: str | None, method: str, *, dtype: str = "fp32", device: str = "fake", attn: str = "sdpa",
+          overrides: dict | None = None, method_options: dict | None = None, pretrained: str | None = None):
+    """Build (backbone model, trainable model, family, config, method config). Call inside `build_device()`."""
+
+    spec = backbones.get(model) if model and not pretrained else None
+    config = backbones.make_config(spec, overrides, attn=attn, pretrained=pretrained)
+    family = backbones.family_for(config.model_type)
+    method_obj, modifiers = methods.resolve(method)
+    cfg = method_obj.make_config(family, method_options)
+    torch_dtype = dtypes.to_torch(dtype)
+    with _default_dtype(torch_dtype):
+        try:
+            if pretrained and device != "fake":
+                base = family.load_pretrained(pretrained, config).to(torch_dtype)
+            else:
+                base = family.build(config)
+        except (ValueError, TypeError, AssertionError) as exc:
+            raise UserError(f"cannot build {model or pretrained} with this config: {str(exc).splitlines()[0]}") from None
+        if device == "cuda" and pretrained:
+            base = base.cuda()
+        elif device == "fake" and pretrained:
+            base = base.to("meta")
+        for p in base.parameters():
+            p.requires_grad_(False)
+        trained = method_obj.apply(base, family, cfg)
+        for mod in modifiers:
+            trained = mod.apply(trained, family, mod.make_config(family, {}))
+    return base, trained, family, config, cfg
+
+
+def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size: int = 8, seq_len: int = 512,
+            dtype: str = "fp32", device: str | None = None, attn: str = "sdpa",
+            overrides: dict | list | None = None, method_options: dict | None = None,
+            pretrained: str | None = None, seed: int = 0, snapshot: str | None = None,
+            progress: Callable[[str], None] | None = None) -> RunResult:
+    """Profile one training step of a registered backbone with a registered method."""
+    import torch
+
+    say = progress or (lambda _msg: None)
+    _positive("batch size", batch_size)
+    _positive("sequence length", seq_len)
+    dtype = dtypes.canonical(dtype)
+    device = check_device(device)
+    dtypes.check_device_supports(dtype, device)
+    if isinstance(overrides, list | tuple):
+        overrides = backbones.parse_overrides(overrides)
+    overrides = overrides or {}
+    if not model and not pretrained:
+        raise UserError("give a model name or --pretrained PATH")
+    if snapshot and device != "cuda":
+        raise UserError("--snapshot needs --device cuda (it dumps the CUDA allocator's history)")
+
+    t0 = time.perf_counter()
+    say("building model")
+    with build_device(device):
+        base, trained, family, config, cfg = build(
+            model, method, dtype=dtype, device=device, attn=attn, overrides=overrides,
+            method_options=method_options, pretrained=pretrained)
+    limit = family.max_positions(config)
+    if seq_len > limit:
+        raise UserError(f"sequence length {seq_len} is longer than the model's {limit} positions")
+    batch = family.make_batch(config, batch_size, seq_len, torch.Generator().manual_seed(seed))
+    mode = None
+    if device == "fake":
+        mode = fake_mode()
+        fakeify(trained, mode)
+        batch = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    elif device == "cuda":
+        batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    groups, order = layer_groups(trained, family, base)
+    say("profiling one training step")
+    torch.manual_seed(seed)
+    from .profilers.step import profile_step
+
+    with mode if mode is not None else contextlib.nullcontext():
+        step = profile_step(trained, batch, groups=groups, cuda=device == "cuda", snapshot_path=snapshot,
+                            read_loss=device != "fake")
+    name = model or pretrained
+    return _result(step, order, model=name, method=method, batch_size=batch_size, seq_len=seq_len,
+                   dtype=dtype, device=device, attn=attn, overrides=overrides, method_options=cfg.to_dict(),
+                   config=config.to_dict(), wall_s=time.perf_counter() - t0, extra={"pretrained": pretrained})
+
+
+def profile_module(module, batch: Any, *, loss_fn: Callable | None = None, layers: dict | None = None,
+                   device: str = "cpu", name: str | None = None) -> RunResult:
+    """Profile one training step of any `nn.Module` on a batch you give (tensors already on the device).
+
+    `layers` maps modules to report rows; by default each item of the model's
+    largest ModuleList is a row and everything else is grouped by its top-level name.
+    """
+    from .profilers.step import default_loss, profile_step
+
+    t0 = time.perf_counter()
+    groups, order = layers, None
+    if groups is None:
+        groups, order = _auto_groups(module)
+    step = profile_step(module, batch, loss_fn=loss_fn or default_loss, groups=groups, cuda=device == "cuda",
+                        read_loss=device != "fake")
+    b, s = _batch_shape(batch)
+    dt = next((str(p.dtype).replace("torch.", "") for p in module.parameters()), "float32")
+    return _result(step, order, model=name or type(module).__name__, method="custom", batch_size=b, seq_len=s,
+                   dtype=dt, device=device, attn="", overrides={}, method_options={}, config={},
+                   wall_s=time.perf_counter() - t0, extra={})
+
+
+def _auto_groups(module) -> tuple[dict, list[str] | None]:
+    from torch import nn
+
+    lists = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
+    groups, order = {}, []
+    for n, m in module.named_modules():
+        groups[m] = n.split(".")[0] if n else "outside"
+        if n and groups[m] not in order:
+            order.append(groups[m])
+    if lists:
+        lname, big = max(lists, key=lambda item: len(item[1]))
+        short = lname.split(".")[-1]
+        for i, layer in enumerate(big):
+            for m in layer.modules():
+                groups[m] = f"{short}.{i}"
+        top = lname.split(".")[0]
+        pos = order.index(top) if top in order else len(order)
+        order[pos:pos] = [f"{short}.{i}" for i in range(len(big))]
+    return groups, order + ["outside"]
+
+
+def _batch_shape(batch) -> tuple[int, int]:
+    import torch
+
+    vals = batch.values() if isinstance(batch, dict) else (batch if isinstance(batch, tuple | list) else [batch])
+    for t in vals:
+        if isinstance(t, torch.Tensor) and t.dim() >= 1:
+            return int(t.shape[0]), int(t.shape[1]) if t.dim() >= 2 else 1
+    return 0, 0
+
+
+def _result(step, order, *, model, method, batch_size, seq_len, dtype, device, attn, overrides, method_options,
+            config, wall_s, extra) -> RunResult:
+    from .provenance import provenance
+
+    by_group = step.ledger.by_group
+    names = list(order or [])
+    names += [g for g in by_group if g not in names]
+    keep = [g for g in names if g in by_group or g not in ("head", "outside")]
+    rows = [LayerRow(name=g, activation_bytes=by_group.get(g, {}).get("forward", 0),
+                     recompute_bytes=by_group.get(g, {}).get("recompute", 0)) for g in keep]
+    modules = [{"name": m, "activation_bytes": v.get("forward", 0), "recompute_bytes": v.get("recompute", 0)}
+               for m, v in step.ledger.by_module.items()]
+    prov = provenance(device)
+    prov["config"] = config
+    prov.update({k: v for k, v in extra.items() if v is not None})
+    return RunResult(
+        model=model, method=method, batch_size=batch_size, seq_len=seq_len, dtype=dtypes.short(dtype),
+        device=device, activation_bytes=step.activation_bytes, peak_activation_bytes=step.peak_activation_bytes,
+        param_bytes=step.param_bytes, trainable_param_bytes=step.trainable_param_bytes, grad_bytes=step.grad_bytes,
+        optimizer_bytes=step.optimizer_bytes, layers=rows, provenance=prov, recompute_bytes=step.recompute_bytes,
+        estimated_peak_bytes=step.estimated_peak_bytes, buffer_bytes=step.buffer_bytes, input_bytes=step.input_bytes,
+        weight_copy_bytes=step.ledger.weight_copy_bytes, num_params=step.num_params,
+        num_trainable_params=step.num_trainable_params, peak_phase=step.peak_phase,
+        peak_by_phase=step.peak_by_phase, attn=attn, overrides=dict(overrides), method_options=method_options,
+        modules=modules, cuda=step.cuda, nvml=step.nvml, loss=step.loss, wall_s=round(wall_s, 3),
+    )
