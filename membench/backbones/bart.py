@@ -1,4 +1,7 @@
-"""BART: post-LN encoder-decoder, GELU FFN, classification head (eos pooling).
+"""BART: post-LN encoder-decoder, GELU FFN, sequence-to-sequence LM head.
+
+(The classification head pools <eos> positions with data-dependent indexing,
+which fake tensors cannot run; the LM head profiles the same stacks.)
 
 Encoder layer:  h = LN(h + Dropout(Attn(h)));  h = LN(h + Dropout(W2 Dropout(act(W1 h))))
 Decoder layer:  adds LN(h + Dropout(CrossAttn(h, enc))) after self-attention; the
@@ -18,6 +21,7 @@ from .base import Family
 class BartFamily(Family):
     name: str = "bart"
     model_types: tuple[str, ...] = ("bart",)
+    task: str = "seq2seq-lm"
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "fc2")
     ia3_feedforward: tuple[str, ...] = ("fc2",)
@@ -30,12 +34,6 @@ class BartFamily(Family):
 
     def num_layers_key(self, config):
         return ("encoder_layers", "decoder_layers")
-
-    def make_batch(self, config, batch_size, seq_len, generator):
-        # BartForSequenceClassification pools the last <eos>: every row needs exactly one, at the end.
-        batch = super().make_batch(config, batch_size, seq_len, generator)
-        batch["input_ids"][:, -1] = config.eos_token_id
-        return batch
 
     def stacks(self, model):
         return {"encoder": model.model.encoder.layers, "decoder": model.model.decoder.layers}

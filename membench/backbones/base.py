@@ -26,7 +26,7 @@ class Family:
 
     name: str = ""
     model_types: tuple[str, ...] = ()
-    task: str = "classification"  # "classification" (2 labels) or "causal-lm"
+    task: str = "classification"  # "classification" (2 labels), "causal-lm" or "seq2seq-lm"
     lora_targets: tuple[str, ...] = ()  # peft's usual targets for this family
     ia3_targets: tuple[str, ...] = ()
     ia3_feedforward: tuple[str, ...] = ()
@@ -47,18 +47,16 @@ class Family:
 
     # ---- model ------------------------------------------------------------
     def build(self, config) -> nn.Module:
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+        return self._auto_class().from_config(config)
 
-        if self.task == "causal-lm":
-            return AutoModelForCausalLM.from_config(config)
-        config.num_labels = getattr(config, "num_labels", 2) or 2
-        return AutoModelForSequenceClassification.from_config(config)
+    def _auto_class(self):
+        import transformers as tf
+
+        return {"causal-lm": tf.AutoModelForCausalLM, "seq2seq-lm": tf.AutoModelForSeq2SeqLM,
+                "classification": tf.AutoModelForSequenceClassification}[self.task]
 
     def load_pretrained(self, path: str, config) -> nn.Module:
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-        cls = AutoModelForCausalLM if self.task == "causal-lm" else AutoModelForSequenceClassification
-        return cls.from_pretrained(path, config=config, local_files_only=True)
+        return self._auto_class().from_pretrained(path, config=config, local_files_only=True)
 
     def make_batch(self, config, batch_size: int, seq_len: int, generator: torch.Generator) -> dict[str, Any]:
         """Random token ids (and labels) for one training step, on the CPU."""
@@ -66,7 +64,7 @@ class Family:
 
         low = 3 if config.vocab_size > 3 else 0
         ids = torch.randint(low, config.vocab_size, (batch_size, seq_len), generator=generator)
-        if self.task == "causal-lm":
+        if self.task in ("causal-lm", "seq2seq-lm"):
             return {"input_ids": ids, "labels": ids.clone()}
         labels = torch.randint(0, config.num_labels, (batch_size,), generator=generator)
         return {"input_ids": ids, "labels": labels}

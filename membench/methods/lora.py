@@ -17,7 +17,7 @@ class LoraOptions(MethodConfig):
 
 
 def peft_task_type(family) -> str:
-    return "CAUSAL_LM" if family.task == "causal-lm" else "SEQ_CLS"
+    return {"causal-lm": "CAUSAL_LM", "seq2seq-lm": "SEQ_2_SEQ_LM"}.get(family.task, "SEQ_CLS")
 
 
 @register

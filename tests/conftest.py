@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny deterministic models for every family, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from membench.backbones.tiny import FAMILY_MODELS, tiny_overrides
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=sorted(FAMILY_MODELS))
+def family_name(request) -> str:
+    return request.param
+
+
+def tiny(family: str, **kw) -> tuple[str, dict]:
+    """(named model, overrides) for a tiny model of `family`."""
+    return FAMILY_MODELS[family], tiny_overrides(family, **kw)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `membench ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    from membench.cli import main
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return invoke
