@@ -57,17 +57,28 @@ _LOADED = False
 
 
 def _load() -> None:
-    """Import the method modules (each registers itself)."""
+    """Import the method modules (each registers itself), then plugins.
+
+    Plugins: `MEMBENCH_PLUGINS=pkg.mod,other.mod` imports extra modules that
+    register methods (tests use it to register deliberately broken methods in
+    sweep subprocesses).
+    """
     global _LOADED
     if _LOADED:
         return
     _LOADED = True
     import importlib
+    import os
     import pkgutil
 
     for info in pkgutil.iter_modules(__path__):
-        if info.name not in ("base",):
+        if info.name not in ("base", "bottleneck"):
             importlib.import_module(f"{__name__}.{info.name}")
+    for mod in filter(None, (m.strip() for m in os.environ.get("MEMBENCH_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise UserError(f"MEMBENCH_PLUGINS: cannot import {mod!r}: {exc}") from None
 
 
 __all__ = ["Method", "MethodConfig", "register", "names", "get", "resolve", "modifier_names"]
