@@ -1,0 +1,182 @@
+"""The results database: one SQLite file, WAL mode, a versioned schema with migrations.
+
+The schema version lives in `PRAGMA user_version`; `PRAGMA application_id` marks
+the file as a membench database. Opening a database runs the missing migrations,
+each in one transaction. A file that is not SQLite, a SQLite file of another
+application, or a database written by a newer membench is refused with a
+`UserError` before anything is written. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import UserError
+
+APPLICATION_ID = 0x4D454D42  # 'MEMB'
+SQLITE_MAGIC = b"SQLite format 3\x00"
+BUSY_TIMEOUT_S = 120.0
+
+
+def _script(conn: sqlite3.Connection, sql: str) -> None:
+    """Run DDL statements inside the caller's transaction (executescript would commit it)."""
+    for stmt in sql.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    _script(conn, """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT UNIQUE,
+        kind TEXT NOT NULL DEFAULT 'memory',
+        status TEXT NOT NULL,
+        model TEXT, method TEXT, batch_size INTEGER, seq_len INTEGER, dtype TEXT, device TEXT, attn TEXT,
+        config TEXT NOT NULL DEFAULT '{}',
+        activation_bytes INTEGER, peak_activation_bytes INTEGER, param_bytes INTEGER,
+        trainable_param_bytes INTEGER, grad_bytes INTEGER, optimizer_bytes INTEGER,
+        estimated_peak_bytes INTEGER, recompute_bytes INTEGER, buffer_bytes INTEGER, input_bytes INTEGER,
+        weight_copy_bytes INTEGER, num_params INTEGER, num_trainable_params INTEGER,
+        peak_phase TEXT, loss REAL, wall_s REAL,
+        cuda_max_allocated_bytes INTEGER, cuda_max_reserved_bytes INTEGER,
+        error TEXT,
+        membench_version TEXT, torch_version TEXT, transformers_version TEXT, device_name TEXT,
+        git_revision TEXT, hostname TEXT,
+        provenance TEXT NOT NULL DEFAULT '{}',
+        result TEXT,
+        sweep TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX runs_config ON runs (model, method, batch_size, seq_len, dtype, device);
+    CREATE TABLE layers (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        activation_bytes INTEGER NOT NULL,
+        recompute_bytes INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, idx)
+    );
+    CREATE TABLE metrics (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value REAL,
+        PRIMARY KEY (run_id, name)
+    );
+    """)
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    # v2: series (loss curves, accuracy per epoch, per-layer verify errors) and attempt counts.
+    _script(conn, """
+    CREATE TABLE series (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        value REAL,
+        PRIMARY KEY (run_id, name, step)
+    );
+    ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX runs_status ON runs (status);
+    """)
+
+
+# MIGRATIONS[i] takes a database from version i to version i + 1. Append, never edit.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def check_file(path: str | os.PathLike, *, must_exist: bool) -> Path:
+    """Refuse a path that cannot be a membench database, without touching it."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"results database {p} is a folder; give a file path such as {p / 'membench.db'}")
+    if not p.exists():
+        if must_exist:
+            raise UserError(f"no results database at {p} (run `membench sweep` or `membench run --db {p}` first)")
+        if not p.parent.exists():
+            raise UserError(f"results database {p}: folder {p.parent} does not exist")
+        return p
+    try:
+        with open(p, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise UserError(f"cannot read results database {p}: {exc.strerror}") from None
+    if head and head != SQLITE_MAGIC:
+        raise UserError(f"{p} is not a SQLite database; give a new path or a membench results database")
+    return p
+
+
+def _connect(p: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _inspect(conn: sqlite3.Connection, p: Path) -> int:
+    """The schema version of an open database; raise if it is not ours or too new. Writes nothing."""
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{p} is not a readable SQLite database ({exc})") from None
+    if app_id not in (0, APPLICATION_ID) or (version == 0 and [t for t in tables if not t.startswith("sqlite_")]):
+        raise UserError(f"{p} is a SQLite database of another application (no membench schema); give another path")
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{p} was written by a newer membench (schema {version}; this one reads up to "
+                        f"{SCHEMA_VERSION}); upgrade membench to read it")
+    return version
+
+
+def migrate(conn: sqlite3.Connection, upto: int = SCHEMA_VERSION) -> int:
+    """Apply the missing migrations, each in its own transaction; returns the new version."""
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the write lock
+            if version >= upto:
+                conn.execute("COMMIT")
+                return version
+            if version == 0:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            MIGRATIONS[version](conn)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def connect(path: str | os.PathLike, *, create: bool = True, upto: int = SCHEMA_VERSION) -> sqlite3.Connection:
+    """Open (and if needed create or migrate) a results database; autocommit mode, WAL."""
+    p = check_file(path, must_exist=not create)
+    conn = _connect(p)
+    try:
+        version = _inspect(conn, p)
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if version < upto:
+            migrate(conn, upto)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise UserError(f"{p} is not a usable SQLite database ({exc})") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def schema_version(path: str | os.PathLike) -> int:
+    """The schema version of an existing database (0 for an empty file); writes nothing."""
+    p = check_file(path, must_exist=True)
+    conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    try:
+        return _inspect(conn, p)
+    finally:
+        conn.close()
