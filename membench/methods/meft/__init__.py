@@ -1,0 +1,67 @@
+"""MEFT (Liao, Tan, Monz, NeurIPS 2023): reversible fine-tuning of a pre-trained model.
+
+Three registered methods, `meft1`, `meft2`, `meft3` (options: `MeftOptions`).
+See docs/meft.md, and `membench verify` for the numerical check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .. import register
+from ..base import Method
+from .config import MeftOptions
+from .inject import install, plain_autograd, pretrained_mode, stacks_of, tracing
+
+_HEADS = ("classifier", "score")
+
+
+class _Meft(Method):
+    Config = MeftOptions
+
+    def defaults(self, family):
+        return {"variant": self.name}
+
+    def make_config(self, family, options=None):
+        cfg = super().make_config(family, options)
+        cfg.variant = self.name
+        return cfg
+
+    def apply(self, model, family, cfg: MeftOptions):
+        opts = dataclasses.replace(cfg, variant=self.name).resolved(family)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        install(model, family, opts)
+        if family.task == "classification":
+            for name in _HEADS:
+                head = getattr(model, name, None)
+                if head is not None:
+                    for p in head.parameters():
+                        p.requires_grad_(True)
+        for stack in stacks_of(model):
+            for shim in stack.shims:
+                for n, p in shim.named_parameters():
+                    if not n.startswith("layer."):
+                        p.requires_grad_(True)
+        return model
+
+
+@register
+class Meft1(_Meft):
+    name = "meft1"
+    summary = "MEFT1 reversible: F = PLM layer (+ FFN-parallel adapter), G = adapter; lam 0.1, beta 1"
+
+
+@register
+class Meft2(_Meft):
+    name = "meft2"
+    summary = "MEFT2 reversible: F = adapter, G = PLM layer (+ FFN-parallel adapter); lam 1, beta 0.1"
+
+
+@register
+class Meft3(_Meft):
+    name = "meft3"
+    summary = "MEFT3 reversible: F = attention block (+ adapter), G = FFN block (+ adapter); lam = beta = 0.1"
+
+
+__all__ = ["MeftOptions", "install", "plain_autograd", "pretrained_mode", "stacks_of", "tracing"]

@@ -1,0 +1,189 @@
+"""The one autograd.Function that runs a reversible MEFT stack, for every backbone.
+
+One layer n (meft-notes section 2), streams h1, h2 of width d:
+
+    x1 ──(*lam)──(+)──────────── y1 ──────────────┐            swap (MEFT1/2):
+               F(x2)↑                              │            output (y2, y1)
+    x2 ──┬───────┘       (*beta)──(+)──── y2       │
+         └────────────────────┘   ↑G(y1)───────────┘
+
+Forward  y1 = lam*x1 + F(x2);   y2 = beta*x2 + G(y1)   (no graph; only the final
+         two streams are saved, plus optional exact checkpoints every k layers)
+Inverse  # x2 = (y2 - G(y1)) / beta
+         # x1 = (y1 - F(x2)) / lam
+Backward, from the top layer down (meft-notes section 3), given dy1, dy2:
+    g  = G(y1) recomputed with grad;   J_G^T dy2 and G's parameter grads
+    x2 = (y2 - g) / beta;               dy1' = dy1 + J_G^T dy2
+    f  = F(x2) recomputed with grad;   J_F^T dy1' and F's parameter grads
+    x1 = (y1 - f) / lam;                dx1 = lam*dy1';   dx2 = beta*dy2 + J_F^T dy1'
+Both streams start as the stack input h, so dh = dx1 + dx2 at the bottom.
+
+What makes the recompute equal to the forward (meft-notes section 4):
+- RNG: the CPU (and CUDA) generator state is captured before F and before G of
+  every layer and restored inside `torch.random.fork_rng` for the recompute, so
+  dropout masks match and the global RNG is left as plain autograd leaves it.
+- autocast: the forward's autocast state is re-entered in backward.
+- per-call inputs (masks, position ids, rotary embeddings, encoder states) are
+  replayed as the same tensors; those that require grad (BART's encoder output
+  in the decoder) are Function inputs and get their gradients.
+- the trainable parameters are Function inputs, so backward runs even when the
+  stack input does not require grad (frozen embeddings), and their gradients
+  are returned from backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def _rng_state(device: torch.device):
+    cpu = torch.get_rng_state()
+    dev = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return cpu, dev
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    cpu, dev = state
+    torch.set_rng_state(cpu)
+    if dev is not None:
+        torch.cuda.set_rng_state(dev, device)
+
+
+def autocast_state(device_type: str):
+    if device_type not in ("cpu", "cuda"):
+        return None
+    return (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type),
+            torch.is_autocast_cache_enabled())
+
+
+def autocast_context(device_type: str, state):
+    if state is None:
+        return contextlib.nullcontext()
+    enabled, dtype, cache = state
+    return torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache)
+
+
+class StackCall:
+    """Everything one call of the reversible stack needs: couplings, per-call inputs, parameters."""
+
+    def __init__(self, couplings, args, kwargs, compute_dtype, stream_dtype, checkpoint_every=0,
+                 restore_rng=True, trace=None):
+        from torch.utils._pytree import tree_flatten
+
+        self.couplings = couplings
+        self.compute_dtype, self.stream_dtype = compute_dtype, stream_dtype
+        self.checkpoint_every = checkpoint_every
+        self.restore_rng = restore_rng
+        self.trace = trace
+        leaves, self.spec = tree_flatten((tuple(args), dict(kwargs)))
+        self.leaves = leaves
+        self.tensor_pos = [i for i, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
+        self.grad_pos = [i for i in self.tensor_pos if leaves[i].requires_grad]
+        self.params = [c.params() for c in couplings]
+
+    def grad_inputs(self) -> list[torch.Tensor]:
+        return [self.leaves[i] for i in self.grad_pos]
+
+    def flat_params(self) -> list[torch.Tensor]:
+        return [p for ps in self.params for p in ps]
+
+    def rebuild(self, tensors: list[torch.Tensor], replace: dict[int, torch.Tensor]):
+        from torch.utils._pytree import tree_unflatten
+
+        leaves = list(self.leaves)
+        for i, t in zip(self.tensor_pos, tensors, strict=True):
+            leaves[i] = replace.get(i, t)
+        args, kwargs = tree_unflatten(leaves, self.spec)
+        return args, kwargs
+
+
+class ReversibleStack(torch.autograd.Function):
+    """apply(call, h, *grad_context_tensors, *trainable_params) -> (y1, y2) of the top reversible layer."""
+
+    @staticmethod
+    def forward(ctx, call: StackCall, h: torch.Tensor, *inputs: torch.Tensor):
+        device = h.device
+        args, kwargs = call.rebuild([call.leaves[i] for i in call.tensor_pos], {})
+        x1 = x2 = h.to(call.stream_dtype)
+        states, ckpt_idx, ckpts = [], [], []
+        k = call.checkpoint_every
+        for i, c in enumerate(call.couplings):
+            if k and i % k == 0:
+                ckpt_idx.append(i)
+                ckpts += [x1, x2]
+            s_f = _rng_state(device)
+            y1 = c.lam * x1 + c.F(x2, args, kwargs, call.compute_dtype)
+            s_g = _rng_state(device)
+            y2 = c.beta * x2 + c.G(y1, args, kwargs, call.compute_dtype)
+            states.append((s_f, s_g))
+            x1, x2 = (y2, y1) if c.swap else (y1, y2)
+        ctx.call, ctx.states, ctx.ckpt_idx = call, states, ckpt_idx
+        ctx.device, ctx.h_dtype = device, h.dtype
+        ctx.autocast = autocast_state(device.type)
+        ctx.save_for_backward(x1, x2, *ckpts, *[call.leaves[i] for i in call.tensor_pos])
+        return x1, x2
+
+    @staticmethod
+    def backward(ctx, dy1, dy2):
+        call: StackCall = ctx.call
+        saved = ctx.saved_tensors
+        y1, y2 = saved[0], saved[1]
+        n_ck = 2 * len(ctx.ckpt_idx)
+        ckpts = {i: (saved[2 + 2 * j], saved[3 + 2 * j]) for j, i in enumerate(ctx.ckpt_idx)}
+        context = list(saved[2 + n_ck:])
+        if dy1 is None:
+            dy1 = torch.zeros_like(y1)
+        if dy2 is None:
+            dy2 = torch.zeros_like(y2)
+        # per-call inputs that require grad: detached leaves whose grads we collect
+        detached = {i: context[call.tensor_pos.index(i)].detach().requires_grad_() for i in call.grad_pos}
+        args, kwargs = call.rebuild(context, detached)
+        ctx_in = [detached[i] for i in call.grad_pos]
+        ctx_grads: list[torch.Tensor | None] = [None] * len(ctx_in)
+        param_grads: list[list[torch.Tensor | None]] = [[None] * len(ps) for ps in call.params]
+        device = ctx.device
+        trace = call.trace
+
+        def accumulate(grads, params_i):
+            n = len(ctx_in)
+            for j, g in enumerate(grads[1:1 + n]):
+                if g is not None:
+                    ctx_grads[j] = g if ctx_grads[j] is None else ctx_grads[j] + g
+            for j, g in enumerate(grads[1 + n:]):
+                if g is not None:
+                    cur = param_grads[params_i][j]
+                    param_grads[params_i][j] = g if cur is None else cur + g
+
+        def recompute(fn, x, state, dy, params):
+            xd = x.detach().requires_grad_()
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+                if call.restore_rng:
+                    _set_rng_state(state, device)
+                with torch.enable_grad(), autocast_context(device.type, ctx.autocast):
+                    out = fn(xd, args, kwargs, call.compute_dtype)
+            grads = torch.autograd.grad(out, [xd, *ctx_in, *params], dy.to(out.dtype), allow_unused=True)
+            return out.detach(), grads
+
+        for i in reversed(range(len(call.couplings))):
+            c = call.couplings[i]
+            if c.swap:
+                y1, y2, dy1, dy2 = y2, y1, dy2, dy1
+            s_f, s_g = ctx.states[i]
+            g, grads = recompute(c.G, y1, s_g, dy2, call.params[i])
+            accumulate(grads, i)
+            dy1 = dy1 + grads[0] if grads[0] is not None else dy1
+            x2 = ckpts[i][1] if i in ckpts else (y2 - g) / c.beta
+            f, grads = recompute(c.F, x2, s_f, dy1, call.params[i])
+            accumulate(grads, i)
+            x1 = ckpts[i][0] if i in ckpts else (y1 - f) / c.lam
+            dx1 = c.lam * dy1
+            dx2 = c.beta * dy2 + grads[0] if grads[0] is not None else c.beta * dy2
+            if trace is not None:
+                trace.setdefault("recon", {})[i] = (x1.detach().clone(), x2.detach().clone())
+            y1, y2, dy1, dy2 = x1, x2, dx1, dx2
+            del g, f, grads
+        dh = (dy1 + dy2).to(ctx.h_dtype)
+        flat = [g for gs in param_grads for g in gs]
+        return (None, dh, *ctx_grads, *flat)
