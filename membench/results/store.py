@@ -90,7 +90,7 @@ def store_result(db_path: str | os.PathLike, result=None, *, kind: str = "memory
                  metrics: Mapping[str, Any] | None = None, series: Mapping[str, Iterable] | None = None,
                  key: str | None = None, error: str | None = None, config: Mapping[str, Any] | None = None,
                  sweep: str | None = None, provenance: Mapping[str, Any] | None = None,
-                 created_at: str | None = None) -> int:
+                 created_at: str | None = None, wall_s: float | None = None) -> int:
     """Store one run in one transaction; returns its run id.
 
     result: a `membench.result.RunResult` (or its dict), or None for a run that
@@ -99,6 +99,7 @@ def store_result(db_path: str | os.PathLike, result=None, *, kind: str = "memory
     kind: "memory" | "train" | "verify".  status: "ok" | "oom" | "failed" | "timeout".
     metrics: extra scalars (accuracy, step_time_s, ...), one column each in `load()`.
     series: name -> [(step, value), ...] (loss curve, accuracy per epoch, ...).
+    wall_s: seconds the run took (default: the result's own wall_s).
     key: identity of the run config (sweeps use it to resume); a stored run with the
         same key is replaced (its attempt count goes up). Without a key the run is appended.
     """
@@ -126,7 +127,7 @@ def store_result(db_path: str | os.PathLike, result=None, *, kind: str = "memory
         row[col] = _int(res.get(col)) if res else None
     row["peak_phase"] = res.get("peak_phase") or None
     row["loss"] = _float(res.get("loss"))
-    row["wall_s"] = _float(res.get("wall_s")) if res else _float((metrics or {}).get("wall_s"))
+    row["wall_s"] = _float(wall_s) if wall_s is not None else _float(res.get("wall_s"))
     row["cuda_max_allocated_bytes"] = _int(cuda.get("max_allocated_bytes"))
     row["cuda_max_reserved_bytes"] = _int(cuda.get("max_reserved_bytes"))
     row["error"] = error

@@ -1,0 +1,131 @@
+"""`membench results`: list the runs of a results database; `membench results export` writes them out."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..errors import UserError
+from . import app
+from .format import console, human_bytes
+
+results_app = typer.Typer(add_completion=False, invoke_without_command=True, no_args_is_help=False,
+                          help="List the runs stored by `membench sweep` and `membench run --db`.")
+app.add_typer(results_app, name="results")
+
+_FILTER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*$")
+FORMATS = ("csv", "parquet", "json")
+
+DB_HELP = "results database (default ./membench.db)"
+FILTER_HELP = "COLUMN=VALUE, COLUMN!=VALUE or COLUMN>=N (repeatable; VALUE may be a,b,c)"
+
+
+def parse_filters(items: list[str] | None) -> list[tuple[str, str, object]]:
+    out = []
+    for item in items or []:
+        m = _FILTER.match(item)
+        if not m or not m.group(3):
+            raise UserError(f"bad --filter {item!r}: expected COLUMN=VALUE, COLUMN!=VALUE or COLUMN>=NUMBER, "
+                            "e.g. method=lora or batch_size>=4")
+        col, op, value = m.groups()
+        op = "==" if op == "=" else op
+        out.append((col, op, value.split(",") if "," in value and op in ("==", "!=") else value))
+    return out
+
+
+def _load(db: Path | None, filters: list[str] | None, layers: bool = False):
+    from ..results import DEFAULT_DB, load, load_layers
+
+    path = str(db or DEFAULT_DB)
+    df = load(path, where=parse_filters(filters))
+    if layers:
+        lay = load_layers(path, run_ids=[int(i) for i in df["run_id"]])
+        return path, df, lay
+    return path, df, None
+
+
+@results_app.callback()
+def results(
+    ctx: typer.Context,
+    db: Path = typer.Option(None, "--db", help=DB_HELP),
+    filter_: list[str] = typer.Option(None, "--filter", "-f", help=FILTER_HELP),
+    last: int = typer.Option(None, "--last", help="only the N most recent runs"),
+) -> None:
+    """List runs in a table (newest last). `membench results export --format csv` writes them out."""
+    if ctx.invoked_subcommand is not None:
+        return
+    path, df, _ = _load(db, filter_)
+    if last is not None:
+        if last <= 0:
+            raise UserError(f"--last must be a positive number of runs, got {last}")
+        df = df.tail(last)
+    if df.empty:
+        console.print(f"no runs match in {path}")
+        return
+    from ..results.query import RUN_COLUMNS
+
+    metric_cols = [c for c in df.columns if c not in RUN_COLUMNS]
+    table = Table(title=f"{len(df)} run(s) in {path}")
+    for col in ("id", "kind", "status", "model", "method", "batch", "seq", "dtype", "device", "activations",
+                "peak act.", "est. peak", *metric_cols, "created (UTC)"):
+        table.add_column(col, justify="right" if col in ("id", "batch", "seq") else "left")
+    style = {"ok": "green", "oom": "yellow", "failed": "red", "timeout": "red"}
+
+    def txt(v) -> str:
+        return "-" if v is None or (v != v) or str(v) == "<NA>" else str(v)
+
+    for row in df.itertuples(index=False):
+        r = row._asdict()
+        metrics = [txt(round(r[c], 4) if r[c] == r[c] else None) for c in metric_cols]
+        table.add_row(txt(r["run_id"]), txt(r["kind"]), f"[{style.get(r['status'], 'white')}]{r['status']}[/]",
+                      txt(r["model"]), txt(r["method"]), txt(r["batch_size"]), txt(r["seq_len"]), txt(r["dtype"]),
+                      txt(r["device"]), _hb(r["activation_bytes"]), _hb(r["peak_activation_bytes"]),
+                      _hb(r["estimated_peak_bytes"]), *metrics,
+                      r["created_at"].strftime("%Y-%m-%d %H:%M:%S") if r["created_at"] == r["created_at"] else "-")
+    console.print(table)
+
+
+def _hb(v) -> str:
+    try:
+        return human_bytes(int(v))
+    except (TypeError, ValueError):
+        return "-"
+
+
+@results_app.command("export")
+def export(
+    fmt: str = typer.Option("csv", "--format", help="csv, parquet or json"),
+    out: Path = typer.Option(None, "--out", "-o", help="output file (default membench-runs.<format>)"),
+    db: Path = typer.Option(None, "--db", help=DB_HELP),
+    filter_: list[str] = typer.Option(None, "--filter", "-f", help=FILTER_HELP),
+    layers: bool = typer.Option(False, "--layers", help="also write the per-layer table next to it (*-layers.*)"),
+) -> None:
+    """Write the runs (one row each, typed columns) to CSV, Parquet or JSON."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    out = out or Path(f"membench-runs.{fmt}")
+    if out.parent and not out.parent.exists():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UserError("--format parquet needs pyarrow: pip install pyarrow") from None
+    path, df, lay = _load(db, filter_, layers=layers)
+    written = [_write(df, out, fmt)]
+    if lay is not None:
+        written.append(_write(lay, out.with_name(f"{out.stem}-layers{out.suffix}"), fmt))
+    console.print(f"wrote {len(df)} run(s) from {path} to {', '.join(map(str, written))}")
+
+
+def _write(df, path: Path, fmt: str) -> Path:
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    elif fmt == "parquet":
+        df.to_parquet(path, index=False)
+    else:
+        df.to_json(path, orient="records", date_format="iso", indent=1)
+    return path

@@ -1,0 +1,278 @@
+"""`membench sweep`: a grid of runs, each in its own process, stored run by run in the results database."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..errors import UserError
+from . import app
+from .format import console, err_console, human_bytes
+
+
+def _split(value: str | None, flag: str, cast=str) -> list | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",")]
+    if any(not v for v in items):
+        raise UserError(f"{flag} {value!r}: empty value in the comma-separated list")
+    if cast is int:
+        out = []
+        for v in items:
+            try:
+                out.append(int(v))
+            except ValueError:
+                raise UserError(f"{flag}: {v!r} is not an integer") from None
+        return out
+    return items
+
+
+def _method_options(items: list[str] | None) -> dict[str, dict]:
+    import json
+
+    out: dict[str, dict] = {}
+    for item in items or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise UserError(f"bad --option {item!r}: expected METHOD.KEY=VALUE, e.g. lora.r=16")
+        lhs, raw = item.split("=", 1)
+        method, key = (s.strip() for s in lhs.split(".", 1))
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw.strip()
+        out.setdefault(method, {})[key] = value
+    return out
+
+
+def default_device() -> str:
+    """cuda when an NVIDIA driver is loaded here, else fake (decided without importing torch)."""
+    return "cuda" if Path("/proc/driver/nvidia/version").exists() else "fake"
+
+
+class RichProgress:
+    """Progress bar with ETA and live ok / oom / failed counts (on stderr)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._p = None
+
+    @staticmethod
+    def _counts(counts) -> str:
+        return (f"[green]ok {counts['ok']}[/] · [yellow]oom {counts['oom']}[/] · "
+                f"[red]failed {counts['failed'] + counts['timeout']}[/]"
+                + (f" · skipped {counts['skipped']}" if counts["skipped"] else ""))
+
+    def start(self, total: int, done: int) -> None:
+        from collections import Counter
+
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        if done:
+            err_console.print(f"{done} run(s) already in the database, skipped (--rerun runs them again)")
+        if not self.enabled:
+            return
+        self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("eta"), TimeRemainingColumn(), TimeElapsedColumn(),
+                           TextColumn("{task.fields[counts]}"), console=err_console, transient=False)
+        self._p.start()
+        self._task = self._p.add_task("sweep", total=total, counts=self._counts(Counter()))
+
+    def advance(self, spec, status, counts) -> None:
+        if self._p is not None:
+            self._p.update(self._task, advance=1, counts=self._counts(counts),
+                           description=f"{spec.label}: {status}")
+
+    def finish(self) -> None:
+        if self._p is not None:
+            self._p.stop()
+            self._p = None
+
+
+def summary_table(db: str, keys: list[str]) -> Table | None:
+    """One row per (model, method, seq, dtype): status per batch size, largest batch that ran, its peak."""
+    from ..results import load
+
+    df = load(db)
+    df = df[df["key"].isin(keys)]
+    if df.empty:
+        return None
+    table = Table(title=f"sweep results ({len(df)} runs in {db})")
+    for col, just in (("model", "left"), ("method", "left"), ("seq", "right"), ("dtype", "left"),
+                      ("batch: status", "left"), ("largest ok batch", "right"), ("est. peak there", "right"),
+                      ("activations there", "right")):
+        table.add_column(col, justify=just)
+    style = {"ok": "green", "oom": "yellow", "failed": "red", "timeout": "red"}
+    for (model, method, seq, dtype), g in df.groupby(["model", "method", "seq_len", "dtype", ], sort=False):
+        g = g.sort_values("batch_size")
+        cells = " ".join(f"[{style.get(s, 'white')}]{b}:{s}[/]" for b, s in zip(g["batch_size"], g["status"],
+                                                                                  strict=True))
+        ok = g[g["status"] == "ok"]
+        if len(ok):
+            best = ok.iloc[-1]
+            table.add_row(model, method, str(seq), dtype, cells, str(best["batch_size"]),
+                          human_bytes(best["estimated_peak_bytes"]), human_bytes(best["activation_bytes"]))
+        else:
+            table.add_row(model, method, str(seq), dtype, cells, "-", "-", "-")
+    return table
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Option(None, "--config", "-c", help="experiment file (TOML); flags override it"),
+    models: str = typer.Option(None, "--models", help="comma-separated named models, e.g. opt-125m,opt-1.3b"),
+    methods: str = typer.Option(None, "--methods", help="comma-separated methods, e.g. full,lora,full+ckpt"),
+    seq_lens: str = typer.Option(None, "--seq-lens", help="comma-separated sequence lengths"),
+    batch_sizes: str = typer.Option(None, "--batch-sizes", help="comma-separated batch sizes"),
+    dtypes: str = typer.Option(None, "--dtypes", help="comma-separated dtypes (default fp32)"),
+    device: str = typer.Option(None, "--device", help="cpu, fake or cuda (default: cuda if a GPU is here, else fake)"),
+    attn: str = typer.Option(None, "--attn", help="attention implementation: eager or sdpa (default sdpa)"),
+    override: list[str] = typer.Option(None, "--override", help="model config KEY=VALUE for every run (repeatable)"),
+    option: list[str] = typer.Option(None, "--option", "-o", help="method option METHOD.KEY=VALUE (repeatable)"),
+    tiny: bool = typer.Option(None, "--tiny/--no-tiny", help="tiny what-if models (tests, smoke runs)"),
+    seed: int = typer.Option(None, "--seed"),
+    db: Path = typer.Option(None, "--db", help="results database (default ./membench.db)"),
+    timeout: float = typer.Option(None, "--timeout", help="seconds per run before it is killed (default 1800)"),
+    early_stop: str = typer.Option(None, "--early-stop",
+                                   help="after an OOM skip larger runs along batch_size or seq_len (or none)"),
+    rerun: bool = typer.Option(False, "--rerun", help="run again what the database already has"),
+    executor: str = typer.Option(None, "--executor", help="local (default) or ray"),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster address (default: a local instance)"),
+    jobs: int = typer.Option(None, "--jobs", "-j", help="runs at once (local default 1; ray: cluster size)"),
+    start_method: str = typer.Option(None, "--start-method",
+                                     help="local runs: forkserver (preloaded, fast) or spawn (fresh interpreter)"),
+    name: str = typer.Option(None, "--name", help="sweep name stored with each run"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and what is already stored, run nothing"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
+) -> None:
+    """Run a grid of models x methods x sequence lengths x batch sizes x dtypes, one process per run."""
+    from ..results import DEFAULT_DB
+    from ..sweep import Grid, make_executor, run_sweep
+    from ..sweep.config import _where, load_experiment
+    from ..sweep.driver import check_db, stored_status
+
+    file = load_experiment(config) if config is not None else {}
+
+    def pick(cli_value, key, default=None):
+        return cli_value if cli_value is not None else file.get(key, default)
+
+    file_overrides = dict(file.get("overrides", {}))
+    overrides = {**file_overrides, **_parse_overrides(override)}
+    opts = {m: dict(v) for m, v in file.get("method_options", {}).items()}
+    for m, v in _method_options(option).items():
+        opts.setdefault(m, {}).update(v)
+    grid = Grid(models=pick(_split(models, "--models"), "models", []),
+                methods=pick(_split(methods, "--methods"), "methods", []),
+                seq_lens=pick(_split(seq_lens, "--seq-lens", int), "seq_lens", []),
+                batch_sizes=pick(_split(batch_sizes, "--batch-sizes", int), "batch_sizes", []),
+                dtypes=pick(_split(dtypes, "--dtypes"), "dtypes", ["fp32"]),
+                device=pick(device, "device") or default_device(), attn=pick(attn, "attn", "sdpa"),
+                overrides=overrides, method_options=opts, tiny=bool(pick(tiny, "tiny", False)),
+                seed=pick(seed, "seed", 0))
+    _check_models(grid.models)
+    specs = grid.expand()
+    db_path = str(pick(db, "db", DEFAULT_DB))
+    check_db(db_path)
+    stop = pick(early_stop, "early_stop", None)
+    if stop in (False, "none", "off", ""):
+        stop = None
+    elif stop is True or stop in ("batch", "batch-size", "batch_sizes"):
+        stop = "batch_size"
+    elif stop in ("seq", "seq-len", "seq_lens"):
+        stop = "seq_len"
+    run_timeout = float(pick(timeout, "timeout", 1800))
+    if run_timeout <= 0:
+        raise UserError(f"--timeout must be positive seconds, got {run_timeout:g}")
+    sweep_name = pick(name, "name", None) or (Path(config).stem if config else None)
+
+    if dry_run:
+        stored = stored_status(db_path, [s.key() for s in specs])
+        table = Table(title=f"{len(specs)} runs ({sum(1 for s in specs if stored.get(s.key()) in ('ok', 'oom'))} "
+                            f"already stored in {db_path})")
+        for col in ("model", "method", "batch", "seq", "dtype", "device", "stored"):
+            table.add_column(col)
+        for s in specs:
+            table.add_row(s.model, s.method, str(s.batch_size), str(s.seq_len), s.dtype, s.device,
+                          stored.get(s.key(), ""))
+        console.print(table)
+        return
+
+    ex = make_executor(pick(executor, "executor", "local"), jobs=int(pick(jobs, "jobs", 1)),
+                       ray_address=pick(ray_address, "ray_address", None),
+                       start_method=pick(start_method, "start_method", None))
+    t0 = time.monotonic()
+    try:
+        summary = run_sweep(specs, db=db_path, executor=ex, timeout=run_timeout, rerun=rerun, early_stop=stop,
+                            sweep=sweep_name, progress=RichProgress(progress))
+    except UserError as exc:
+        if config is not None:
+            raise UserError(_locate(str(exc), Path(config), file, _where)) from None
+        raise
+    table = summary_table(db_path, [s.key() for s in specs])
+    if table is not None:
+        console.print(table)
+    c = summary.counts
+    console.print(f"{summary.total} runs: {summary.already_done} already stored, ran {sum(c.values())} in "
+                  f"{time.monotonic() - t0:.1f} s: ok {c['ok']}, oom {c['oom']}, failed {c['failed']}, "
+                  f"timeout {c['timeout']}" + (f", skipped {c['skipped']} (early stop)" if c["skipped"] else "")
+                  + f"; stored in {db_path}")
+    bad = [(s, r) for s, r in summary.records if r.get("status") in ("failed", "timeout")]
+    for s, r in bad[:5]:
+        err = (r.get("error") or "").strip().splitlines()
+        err_console.print(f"[red]{r['status']}[/] {s.label}: {err[-1] if err else 'no error text'}")
+    if bad:
+        raise typer.Exit(1)
+
+
+def _parse_overrides(items: list[str] | None) -> dict:
+    """KEY=VALUE -> typed dict, like `membench run --override` (without importing the backbones)."""
+    import json
+
+    out: dict[str, object] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise UserError(f"bad override {item!r}: expected KEY=VALUE, e.g. num_hidden_layers=24")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        if not key:
+            raise UserError(f"bad override {item!r}: empty key")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _check_models(models: list[str]) -> None:
+    """Named models are JSON files shipped with membench: check them without importing torch."""
+    configs = Path(__file__).resolve().parent.parent / "backbones" / "configs"
+    known = sorted(p.stem for p in configs.glob("*.json"))
+    for m in models:
+        if known and m not in known:
+            raise UserError(f"unknown model {m!r}; known models: {', '.join(known)}")
+
+
+def _locate(message: str, path: Path, file: dict, where) -> str:
+    """Point a problem found by the preflight at the experiment file's line when it came from there."""
+    import re
+
+    text = path.read_text(errors="replace")
+    m = re.search(r"has no option '([^']+)'", message)
+    if m:
+        for method, opts in file.get("method_options", {}).items():
+            if m.group(1) in opts:
+                return f"{where(path, text, m.group(1), f'options.{method}')}: {message}"
+    m = re.search(r"unknown config key '([^']+)'", message)
+    if m and m.group(1) in file.get("overrides", {}):
+        return f"{where(path, text, m.group(1), 'overrides')}: {message}"
+    return message
+
