@@ -236,8 +236,11 @@ def _auto_groups(module) -> tuple[dict, list[str] | None]:
             for m in layer.modules():
                 groups[m] = f"{short}.{i}"
         top = lname.split(".")[0]
+        groups[big] = f"{short}.0"  # the list container never runs forward itself
         pos = order.index(top) if top in order else len(order)
         order[pos:pos] = [f"{short}.{i}" for i in range(len(big))]
+        if top not in groups.values():  # the list was top-level: all of it is in the rows now
+            order.remove(top)
     return groups, order + ["outside"]
 
 

@@ -35,17 +35,23 @@ class Peak:
 class LiveMemoryTracker(TorchDispatchMode):
     """Usage: `with tracker: step()`; set `tracker.phase` as the step moves on."""
 
-    def __init__(self, known: list[torch.Tensor] = ()):
+    def __init__(self, known: list[torch.Tensor] = (), weights: list[torch.Tensor] | None = None):
+        """`known`: tensors allocated before the step (never tracked). `weights`: those of them
+        whose casts/copies are weight copies (parameters, buffers); default: all of `known`.
+        Pass model inputs in `known` only: a cast of an input is an activation, not a weight copy."""
         super().__init__()
         self.phase = "forward"
         self._ids = WeakIdKeyDictionary()  # storage -> record id
         self._ignore = WeakIdKeyDictionary()  # parameters, buffers, inputs: allocated before the step
+        self._weights = WeakIdKeyDictionary()  # parameters, buffers: their casts are weight copies
         self._weight_copies = WeakIdKeyDictionary()
         self._refs: dict[int, weakref.ref] = {}
         self.sizes: list[int] = []
         self.events: list[tuple[int, int, str]] = []  # (+/-1, record id, phase)
         for t in known:
             self._ignore[t.untyped_storage()] = True
+        for t in known if weights is None else weights:
+            self._weights[t.untyped_storage()] = True
 
     # ---- tracking ---------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -55,7 +61,9 @@ class LiveMemoryTracker(TorchDispatchMode):
         if not tensors:
             return out
         from_weight = func.__name__.split(".")[0] in _CASTS and any(
-            isinstance(a, torch.Tensor) and a.untyped_storage() in self._ignore for a in args[:1])
+            isinstance(a, torch.Tensor) and (a.untyped_storage() in self._weights
+                                             or a.untyped_storage() in self._weight_copies)
+            for a in args[:1])
         for t in tensors:
             self._track(t.untyped_storage(), from_weight)
         return out

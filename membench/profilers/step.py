@@ -86,7 +86,7 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
     inputs = _flatten_tensors(batch)
     known = params + list(model.buffers()) + inputs
 
-    tracker = LiveMemoryTracker(known) if track_live else None
+    tracker = LiveMemoryTracker(known, weights=params + list(model.buffers())) if track_live else None
     ledger = SavedTensorLedger(model, groups, inputs=tuple(inputs),
                                is_weight_copy=tracker.is_weight_copy if tracker else None)
     cuda_stats = CudaAllocatorStats(snapshot_path=snapshot_path) if cuda else None
@@ -129,7 +129,9 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
     if tracker is not None:
         grad_ids = {tracker.record_id(g) for g in grads} - {None}
         opt_ids = {tracker.record_id(t) for t in state} - {None}
-        act_peak = tracker.peak(exclude=grad_ids | opt_ids)
+        # activations + temporaries over forward and backward (the optimizer's own temporaries
+        # are in peak_by_phase["optimizer"] and in the step's estimated peak)
+        act_peak = tracker.peak(exclude=grad_ids | opt_ids, phases=("forward", "backward"))
         step_peak = tracker.peak(exclude=opt_ids).bytes
         by_phase = tracker.peaks_by_phase(exclude=grad_ids | opt_ids)
         peak_bytes, peak_phase = act_peak.bytes, act_peak.phase
