@@ -23,9 +23,9 @@ class _Meft(Method):
         return {"variant": self.name}
 
     def make_config(self, family, options=None):
+        """The options with per-variant defaults filled in (lam, beta, r), so results record real values."""
         cfg = super().make_config(family, options)
-        cfg.variant = self.name
-        return cfg
+        return dataclasses.replace(cfg, variant=self.name).resolved(family)
 
     def apply(self, model, family, cfg: MeftOptions):
         opts = dataclasses.replace(cfg, variant=self.name).resolved(family)

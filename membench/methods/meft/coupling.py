@@ -51,6 +51,15 @@ def _attn_post(mod, args, out):
     return out + owner.attn_adapter(out)
 
 
+class BlockCall(nn.Module):
+    """Runs F or G as a module call, so profilers' module hooks charge what the family's
+    block code saves outside submodules (functional dropout, residual adds) to this layer,
+    in forward and in the recompute alike."""
+
+    def forward(self, fn, x, args, kwargs, compute_dtype):
+        return fn(x.to(compute_dtype), args, kwargs).to(x.dtype)
+
+
 def attach_adapters(shim: nn.Module, family, variant: str, d: int, r: int, activation: str, dropout: float) -> None:
     """Create the variant's adapters on `shim` (device/dtype of the layer) and hook the in-layer ones."""
     layer = shim.layer
@@ -94,11 +103,11 @@ class Coupling:
 
     def F(self, x, args, kwargs, compute_dtype):
         fn = {"meft1": self._plm, "meft2": self._adapter, "meft3": self._attn}[self.variant]
-        return fn(x.to(compute_dtype), args, kwargs).to(x.dtype)
+        return self.shim.block(fn, x, args, kwargs, compute_dtype)
 
     def G(self, x, args, kwargs, compute_dtype):
         fn = {"meft1": self._adapter, "meft2": self._plm, "meft3": self._ffn}[self.variant]
-        return fn(x.to(compute_dtype), args, kwargs).to(x.dtype)
+        return self.shim.block(fn, x, args, kwargs, compute_dtype)
 
     def plm_input_of(self, x2, y1):
         """Which tensor the PLM layer (or its attention block) reads in this layer."""

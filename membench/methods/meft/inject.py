@@ -21,7 +21,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .coupling import Coupling, attach_adapters
+from .coupling import BlockCall, Coupling, attach_adapters
 from .reversible import ReversibleStack, StackCall
 
 _CACHE_KEYS = ("cache", "past_key_values", "past_key_value")
@@ -33,6 +33,7 @@ class MeftLayer(nn.Module):
     def __init__(self, layer: nn.Module, index: int):
         super().__init__()
         self.layer = layer
+        self.block = BlockCall()
         self.meft_index = index
         self.meft_on = True
         self._ffn_x = None
