@@ -68,23 +68,39 @@ def results(
     from ..results.query import RUN_COLUMNS
 
     metric_cols = [c for c in df.columns if c not in RUN_COLUMNS]
-    table = Table(title=f"{len(df)} run(s) in {path}")
-    for col in ("id", "kind", "status", "model", "method", "batch", "seq", "dtype", "device", "activations",
-                "peak act.", "est. peak", *metric_cols, "created (UTC)"):
-        table.add_column(col, justify="right" if col in ("id", "batch", "seq") else "left")
     style = {"ok": "green", "oom": "yellow", "failed": "red", "timeout": "red"}
 
     def txt(v) -> str:
         return "-" if v is None or (v != v) or str(v) == "<NA>" else str(v)
 
+    # (header, cell) per column; config columns that are the same on every row move to the title
+    cols = [("id", lambda r: txt(r["run_id"])), ("kind", lambda r: txt(r["kind"])),
+            ("status", lambda r: f"[{style.get(r['status'], 'white')}]{r['status']}[/]"),
+            ("model", lambda r: txt(r["model"])), ("method", lambda r: txt(r["method"])),
+            ("batch", lambda r: txt(r["batch_size"])), ("seq", lambda r: txt(r["seq_len"])),
+            ("dtype", lambda r: txt(r["dtype"])), ("device", lambda r: txt(r["device"])),
+            ("activations", lambda r: _hb(r["activation_bytes"])),
+            ("peak act.", lambda r: _hb(r["peak_activation_bytes"])),
+            ("est. peak", lambda r: _hb(r["estimated_peak_bytes"]))]
+    cols += [(c, lambda r, c=c: txt(round(r[c], 4) if r[c] == r[c] else None)) for c in metric_cols]
+    cols.append(("created (UTC)", lambda r: r["created_at"].strftime("%m-%d %H:%M:%S")
+                 if r["created_at"] == r["created_at"] else "-"))
+    same = {"kind": "kind", "model": "model", "method": "method", "dtype": "dtype", "device": "device",
+            "seq": "seq_len", "batch": "batch_size"}
+    title = [f"{len(df)} run(s) in {path}"]
+    if len(df) > 1:
+        for header, col in same.items():
+            values = df[col].astype("string").fillna("-").unique()
+            if len(values) == 1:
+                title.append(f"{header} {values[0]}")
+                cols = [c for c in cols if c[0] != header]
+    table = Table(title=" · ".join(title))
+    for header, _ in cols:
+        table.add_column(header, justify="right" if header in ("id", "batch", "seq") else "left",
+                         no_wrap=header not in ("model", "method"))
     for row in df.itertuples(index=False):
         r = row._asdict()
-        metrics = [txt(round(r[c], 4) if r[c] == r[c] else None) for c in metric_cols]
-        table.add_row(txt(r["run_id"]), txt(r["kind"]), f"[{style.get(r['status'], 'white')}]{r['status']}[/]",
-                      txt(r["model"]), txt(r["method"]), txt(r["batch_size"]), txt(r["seq_len"]), txt(r["dtype"]),
-                      txt(r["device"]), _hb(r["activation_bytes"]), _hb(r["peak_activation_bytes"]),
-                      _hb(r["estimated_peak_bytes"]), *metrics,
-                      r["created_at"].strftime("%Y-%m-%d %H:%M:%S") if r["created_at"] == r["created_at"] else "-")
+        table.add_row(*(cell(r) for _, cell in cols))
     console.print(table)
 
 

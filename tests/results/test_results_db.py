@@ -1,0 +1,257 @@
+"""The results database: round trip, typed columns, keyed replace, migration, bad files, concurrent writers."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from membench import results
+from membench.errors import UserError
+from membench.result import LayerRow, RunResult
+from membench.results import schema
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_result(batch: int = 2, method: str = "lora") -> RunResult:
+    return RunResult(
+        model="opt-125m", method=method, batch_size=batch, seq_len=16, dtype="bf16", device="fake",
+        activation_bytes=1000 * batch, peak_activation_bytes=1700 * batch, param_bytes=5000,
+        trainable_param_bytes=300, grad_bytes=300, optimizer_bytes=600,
+        layers=[LayerRow("embeddings", 10 * batch), LayerRow("layers.0", 400 * batch, 7),
+                LayerRow("layers.1", 590 * batch)],
+        provenance={"membench": "0.1.0", "torch": "2.13.0+cpu", "device_name": "fake (test)",
+                    "git_revision": "abc", "config": {"hidden_size": 32}},
+        recompute_bytes=7, estimated_peak_bytes=9999 + batch, num_params=1250, num_trainable_params=75,
+        peak_phase="backward", attn="sdpa", overrides={"num_hidden_layers": 2}, method_options={"r": 8},
+        loss=1.25, wall_s=0.5)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_round_trip_typed_columns(tmp_path):
+    db = tmp_path / "r.db"
+    res = make_result()
+    rid = results.store_result(db, res, kind="train", metrics={"accuracy": 0.75, "step_time_s": 0.01},
+                               series={"loss": [(0, 2.0), (10, 1.5)], "accuracy": [0.5, 0.75]})
+    df = results.load(db)
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row["run_id"] == rid and row["kind"] == "train" and row["status"] == "ok"
+    for col in ("model", "method", "batch_size", "seq_len", "dtype", "device", "activation_bytes",
+                "peak_activation_bytes", "param_bytes", "trainable_param_bytes", "grad_bytes", "optimizer_bytes",
+                "estimated_peak_bytes", "recompute_bytes", "num_params", "peak_phase", "loss"):
+        assert row[col] == getattr(res, col), col
+    assert row["accuracy"] == 0.75 and row["step_time_s"] == 0.01
+    assert row["device_name"] == "fake (test)" and row["torch_version"] == "2.13.0+cpu"
+    assert str(df["batch_size"].dtype) == "Int64" and str(df["activation_bytes"].dtype) == "Int64"
+    assert str(df["model"].dtype) == "string" and df["accuracy"].dtype == "float64"
+    assert isinstance(df["created_at"].dtype, pd.DatetimeTZDtype)
+
+    layers = results.load_layers(db)
+    assert list(layers["layer"]) == [r.name for r in res.layers]
+    assert list(layers["activation_bytes"]) == [r.activation_bytes for r in res.layers]
+    assert list(layers["recompute_bytes"]) == [0, 7, 0]
+    assert set(layers["run_id"]) == {rid}
+
+    series = results.load_series(db)
+    loss = series[series["name"] == "loss"]
+    assert list(zip(loss["step"], loss["value"], strict=True)) == [(0, 2.0), (10, 1.5)]
+    acc = series[series["name"] == "accuracy"]
+    assert list(acc["step"]) == [0, 1] and list(acc["value"]) == [0.5, 0.75]
+
+    back = results.load_result(db, rid)
+    assert back.to_dict() == res.to_dict()
+
+
+def test_failed_run_without_result_and_keyed_replace(tmp_path):
+    db = tmp_path / "r.db"
+    cfg = {"model": "opt-1.3b", "method": "full", "batch_size": 64, "seq_len": 2048, "dtype": "bf16",
+           "device": "cuda"}
+    first = results.store_result(db, None, status="oom", config=cfg, key="k1", error="CUDA out of memory")
+    df = results.load(db)
+    assert df.iloc[0]["status"] == "oom" and df.iloc[0]["batch_size"] == 64
+    assert pd.isna(df.iloc[0]["activation_bytes"]) and df.iloc[0]["error"] == "CUDA out of memory"
+    assert results.completed_keys(db) == {"k1"}
+    assert results.load_result(db, first) is None
+    # same key again: replaced (not duplicated), attempts counted, old layers gone
+    second = results.store_result(db, make_result(), key="k1")
+    df = results.load(db)
+    assert len(df) == 1 and df.iloc[0]["run_id"] == second and df.iloc[0]["attempts"] == 2
+    assert set(results.load_layers(db)["run_id"]) == {second}
+    # no key: appended
+    results.store_result(db, make_result())
+    results.store_result(db, make_result())
+    assert len(results.load(db)) == 3
+    with pytest.raises(UserError, match="status"):
+        results.store_result(db, make_result(), status="weird")
+    with pytest.raises(UserError, match="kind"):
+        results.store_result(db, make_result(), kind="weird")
+    assert len(results.load(db)) == 3
+
+
+def test_filters(tmp_path):
+    db = tmp_path / "r.db"
+    for b in (1, 2, 4, 8):
+        results.store_result(db, make_result(b, "lora" if b < 4 else "full"), metrics={"accuracy": b / 10})
+    assert list(results.load(db, method="lora")["batch_size"]) == [1, 2]
+    assert list(results.load(db, method=["full"], batch_size=8)["batch_size"]) == [8]
+    assert list(results.load(db, where=[("batch_size", ">=", "4")])["batch_size"]) == [4, 8]
+    assert list(results.load(db, where=[("accuracy", "<", 0.3)])["batch_size"]) == [1, 2]
+    with pytest.raises(UserError, match="cannot filter on 'nope'"):
+        results.load(db, nope=1)
+
+
+def test_migration_from_v1_keeps_rows(tmp_path):
+    db = tmp_path / "old.db"
+    conn = schema.connect(db, upto=1)  # a database as the first schema wrote it
+    conn.execute("INSERT INTO runs (key, status, model, method, batch_size, seq_len, dtype, device, "
+                 "activation_bytes, created_at) VALUES ('old', 'ok', 'bert-base', 'full', 4, 128, 'fp32', 'fake', "
+                 "123456, '2025-01-02T03:04:05+00:00')")
+    conn.execute("INSERT INTO layers VALUES (1, 0, 'layers.0', 123000, 0)")
+    conn.close()
+    assert schema.schema_version(db) == 1
+    tables = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "series" not in tables
+
+    df = results.load(db)  # opening migrates
+    assert schema.schema_version(db) == results.SCHEMA_VERSION == 2
+    assert len(df) == 1 and df.iloc[0]["activation_bytes"] == 123456 and df.iloc[0]["attempts"] == 1
+    assert df.iloc[0]["created_at"] == pd.Timestamp("2025-01-02T03:04:05", tz="UTC")
+    assert list(results.load_layers(db)["activation_bytes"]) == [123000]
+    rid = results.store_result(db, make_result(), series={"loss": [1.0]})
+    assert len(results.load(db)) == 2 and list(results.load_series(db)["run_id"]) == [rid]
+    assert results.completed_keys(db) == {"old"}
+
+
+def test_wal_mode_and_integrity(tmp_path):
+    db = tmp_path / "r.db"
+    results.store_result(db, make_result())
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == schema.APPLICATION_ID
+
+
+def test_newer_schema_refused_untouched(tmp_path, cli):
+    db = tmp_path / "new.db"
+    results.store_result(db, make_result())
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    before = sha(db)
+    with pytest.raises(UserError, match="newer membench"):
+        results.load(db)
+    with pytest.raises(UserError, match="newer membench"):
+        results.store_result(db, make_result())
+    code, _out, err = cli("results", "--db", str(db))
+    assert code == 2 and "newer membench" in err and len(err.strip().splitlines()) == 1
+    assert sha(db) == before
+
+
+@pytest.mark.parametrize("content", [b"batch_size,activation_bytes\n1,2\n", b"\x00" * 200])
+def test_not_sqlite_refused_untouched(tmp_path, cli, content):
+    db = tmp_path / "runs.csv"
+    db.write_bytes(content)
+    with pytest.raises(UserError, match="not a SQLite database"):
+        results.store_result(db, make_result())
+    for args in (("results", "--db", str(db)), ("results", "export", "--db", str(db), "--out", str(tmp_path / "x.csv")),
+                 ("sweep", "--models", "opt-125m", "--methods", "full", "--seq-lens", "16", "--batch-sizes", "1",
+                  "--db", str(db))):
+        code, _out, err = cli(*args)
+        assert code == 2 and "not a SQLite database" in err, args
+    assert db.read_bytes() == content
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_foreign_sqlite_refused(tmp_path):
+    db = tmp_path / "other.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE customers (id INTEGER)")
+    conn.commit()
+    conn.close()
+    before = sha(db)
+    with pytest.raises(UserError, match="another application"):
+        results.store_result(db, make_result())
+    assert sha(db) == before
+
+
+def test_missing_db(tmp_path, cli):
+    with pytest.raises(UserError, match="no results database"):
+        results.load(tmp_path / "nope.db")
+    code, _, err = cli("results", "--db", str(tmp_path / "nope.db"))
+    assert code == 2 and "no results database" in err
+    assert not (tmp_path / "nope.db").exists()
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from membench import results
+    db, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    cfg = {"model": "opt-125m", "method": tag, "seq_len": 16, "dtype": "fp32", "device": "fake"}
+    res = {"model": "opt-125m", "method": tag, "seq_len": 16, "dtype": "fp32", "device": "fake",
+           "activation_bytes": 1, "layers": [{"name": f"layers.{i}", "activation_bytes": i} for i in range(5)]}
+    for i in range(n):
+        results.store_result(db, dict(res, batch_size=i + 1), config=dict(cfg, batch_size=i + 1), key=f"{tag}-{i}")
+    print("done")
+""")
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    db = tmp_path / "c.db"
+    n = 60
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), tag, str(n)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for tag in ("a", "b", "c")]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    df = results.load(db)
+    assert len(df) == 3 * n and df["key"].is_unique
+    assert sorted(df.groupby("method").size().tolist()) == [n, n, n]
+    layers = results.load_layers(db)
+    assert len(layers) == 5 * 3 * n and set(layers["run_id"]) == set(df["run_id"])
+
+
+def test_results_cli_list_and_export(tmp_path, cli):
+    db = tmp_path / "r.db"
+    for b in (1, 2, 4):
+        results.store_result(db, make_result(b), metrics={"accuracy": 0.5})
+    code, out, err = cli("results", "--db", str(db), "--filter", "batch_size>=2")
+    assert code == 0, err
+    assert "2 run(s)" in out and "opt-125m" in out.replace("\n", "")
+    ids = [line.split()[1] for line in out.splitlines() if line.startswith("│")]
+    assert ids == ["2", "3"]
+    code, out, err = cli("results", "--db", str(db), "--filter", "nonsense")
+    assert code == 2 and "bad --filter" in err
+    csv = tmp_path / "runs.csv"
+    code, out, err = cli("results", "export", "--db", str(db), "--format", "csv", "--out", str(csv), "--layers")
+    assert code == 0, err
+    back = pd.read_csv(csv)
+    assert list(back["batch_size"]) == [1, 2, 4] and list(back["activation_bytes"]) == [1000, 2000, 4000]
+    assert len(pd.read_csv(tmp_path / "runs-layers.csv")) == 9
+    pytest.importorskip("pyarrow")
+    pq = tmp_path / "runs.parquet"
+    code, out, err = cli("results", "export", "--db", str(db), "--format", "parquet", "--out", str(pq),
+                         "--filter", "method=lora")
+    assert code == 0, err
+    back = pd.read_parquet(pq)
+    assert len(back) == 3 and str(back["activation_bytes"].dtype) == "Int64"
+    code, _, err = cli("results", "export", "--db", str(db), "--format", "xlsx")
+    assert code == 2 and "allowed: csv, parquet, json" in err
+
+
+def test_results_package_imports_no_torch():
+    code = ("import sys, membench.results, membench.cli.results, membench.sweep, membench.cli.sweep; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
