@@ -125,6 +125,7 @@ def build(model: str | None, method: str, *, dtype: str = "fp32", device: str = 
     method_obj, modifiers = methods.resolve(method)
     cfg = method_obj.make_config(family, method_options)
     torch_dtype = dtypes.to_torch(dtype)
+    config.dtype = torch_dtype  # transformers builds/loads in config.dtype (a checkpoint's config names one)
     with _default_dtype(torch_dtype):
         try:
             if pretrained and device != "fake":

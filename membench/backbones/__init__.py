@@ -98,6 +98,14 @@ def make_config(backbone: Backbone | None, overrides: dict | None = None, attn: 
     if attn not in ("eager", "sdpa"):
         raise UserError(f"unknown attention implementation {attn!r}; allowed: eager, sdpa")
     if pretrained:
+        from pathlib import Path
+
+        if not Path(pretrained).is_dir():
+            raise UserError(f"--pretrained {pretrained}: no such folder (give a local checkpoint folder; "
+                            "nothing is downloaded)")
+        if not (Path(pretrained) / "config.json").is_file():
+            raise UserError(f"--pretrained {pretrained}: no config.json in that folder (save one with "
+                            "save_pretrained)")
         try:
             config = AutoConfig.from_pretrained(pretrained, local_files_only=True)
         except (OSError, ValueError) as exc:
