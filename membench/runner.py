@@ -11,6 +11,7 @@ plus the caching allocator and NVML).
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -268,7 +269,8 @@ def _result(step, order, *, model, method, batch_size, seq_len, dtype, device, a
     modules = [{"name": m, "activation_bytes": v.get("forward", 0), "recompute_bytes": v.get("recompute", 0)}
                for m, v in step.ledger.by_module.items()]
     prov = provenance(device)
-    prov["config"] = config
+    # JSON-normal form (int dict keys -> str, dtypes -> str), so a result equals its JSON round trip
+    prov["config"] = json.loads(json.dumps(config, default=str))
     prov.update({k: v for k, v in extra.items() if v is not None})
     return RunResult(
         model=model, method=method, batch_size=batch_size, seq_len=seq_len, dtype=dtypes.short(dtype),

@@ -1,0 +1,142 @@
+"""`membench run`: the happy path and every bad input of the issue (one line, `error:`, exit 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from membench.backbones.tiny import tiny_overrides
+
+
+def tiny_args(family="opt", **kw):
+    return [a for k, v in tiny_overrides(family, **kw).items() for a in ("--override", f"{k}={v}")]
+
+
+def test_run_happy_path_writes_json(cli, tmp_path):
+    out = tmp_path / "r.json"
+    code, stdout, stderr = cli("run", "--model", "opt-125m", "--method", "lora", "--batch-size", "2",
+                               "--seq-len", "16", "--dtype", "bf16", "--device", "fake", "--attn", "eager",
+                               *tiny_args(), "--out", str(out))
+    assert code == 0, stderr
+    for text in ("layers.0", "layers.1", "embeddings", "head", "total", "trainable parameters",
+                 "optimizer state", "estimated peak", "opt-125m", "lora", "b2 s16", "bf16", "fake"):
+        assert text in stdout, text
+    assert "Traceback" not in stderr
+    d = json.loads(out.read_text())
+    assert {"model", "method", "batch_size", "seq_len", "dtype", "device", "activation_bytes",
+            "peak_activation_bytes", "param_bytes", "trainable_param_bytes", "grad_bytes", "optimizer_bytes",
+            "layers", "provenance"} <= set(d)
+    assert (d["model"], d["method"], d["batch_size"], d["seq_len"], d["dtype"], d["device"], d["attn"]) == \
+        ("opt-125m", "lora", 2, 16, "bf16", "fake", "eager")
+    assert [row["name"] for row in d["layers"]][:3] == ["embeddings", "layers.0", "layers.1"]
+    assert d["activation_bytes"] == sum(row["activation_bytes"] for row in d["layers"]) > 0
+    assert d["provenance"]["config"]["num_hidden_layers"] == 2
+    assert d["overrides"]["hidden_size"] == 32
+
+
+def test_run_cpu_bert_full_with_method_option(cli, tmp_path):
+    out = tmp_path / "r.json"
+    code, stdout, stderr = cli("run", "-m", "bert-base", "--method", "lora", "-o", "r=4", "-b", "1", "-s", "8",
+                               "--device", "cpu", *tiny_args("bert", layers=1), "--out", str(out))
+    assert code == 0, stderr
+    d = json.loads(out.read_text())
+    assert d["method_options"]["r"] == 4 and d["device"] == "cpu" and d["loss"] is not None
+
+
+def test_list(cli):
+    code, stdout, _ = cli("list")
+    assert code == 0
+    for name in ("bert-base", "bert-large", "roberta-base", "roberta-large", "bart-base", "bart-large",
+                 "opt-125m", "opt-350m", "opt-1.3b", "opt-2.7b", "opt-6.7b", "gpt2", "gpt2-medium",
+                 "gpt2-large", "llama-2-7b", "full", "lora"):
+        assert name in stdout, name
+
+
+BAD = {
+    "unknown model": (["--model", "opt-13b"], "unknown model 'opt-13b'; known models: bart-base"),
+    "unknown method": (["--method", "qlora"], "unknown method 'qlora'; known methods: "),
+    "zero batch": (["--batch-size", "0"], "batch size must be a positive integer"),
+    "negative batch": (["-b", "-4"], "batch size must be a positive integer"),
+    "float batch": (["--batch-size", "1.5"], "--batch-size"),
+    "text batch": (["--batch-size", "eight"], "--batch-size"),
+    "zero seq": (["--seq-len", "0"], "sequence length must be a positive integer"),
+    "float seq": (["--seq-len", "3.5"], "--seq-len"),
+    "seq too long": (["--seq-len", "4096"], "sequence length 4096 is longer than the model's 2048 positions"),
+    "bad dtype": (["--dtype", "int8"], "unknown dtype 'int8'; allowed: fp32/float32"),
+    "bad device": (["--device", "tpu"], "unknown device 'tpu'; allowed: cpu, fake, cuda"),
+    "bad attn": (["--attn", "flash"], "unknown attention implementation 'flash'"),
+    "override no =": (["--override", "num_hidden_layers"], "bad override 'num_hidden_layers': expected KEY=VALUE"),
+    "override bad key": (["--override", "num_layers=3"], "unknown config key 'num_layers' for opt"),
+    "override bad type": (["--override", "num_hidden_layers=two"], "expected an integer"),
+    "override non-integer": (["--override", "num_hidden_layers=2.5"], "expected an integer"),
+    "override non-positive": (["--override", "num_hidden_layers=0"], "must be a positive integer"),
+    "override inconsistent": (["--override", "hidden_size=31"], "cannot build opt-125m with this config"),
+    "bad method option": (["--method", "lora", "-o", "rank=4"], "method 'lora' has no option 'rank'"),
+    "no model": (["--model", ""], "give --model NAME"),
+    "snapshot off cuda": (["--device", "fake", "--snapshot", "s.pickle"], "--snapshot needs --device cuda"),
+    "missing pretrained": (["--pretrained", "/no/such/folder"], "no such folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_one_line_exit_2(cli, case):
+    args, message = BAD[case]
+    base = ["run", "--model", "opt-125m", "-b", "1", "-s", "8", "--device", "fake"]
+    # the tiny overrides come first so that the case's own --override is the one that is wrong
+    code, stdout, stderr = cli(*base, *tiny_args(layers=1), *args)
+    assert code == 2, (stdout, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ")
+    assert message in lines[0]
+    assert "Traceback" not in stdout + stderr
+
+
+def test_cuda_without_gpu(cli, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, stderr = cli("run", "--model", "opt-125m", "--device", "cuda")
+    assert code == 2
+    assert stderr.strip() == "error: --device cuda: no CUDA GPU is visible here; use --device fake (no memory) or cpu"
+
+
+def test_dtype_the_device_cannot_run(cli, monkeypatch):
+    # a GPU without bf16 (V100, T4): refused before anything touches the device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100-SXM2-16GB")
+    code, _, stderr = cli("run", "--model", "opt-125m", "--device", "cuda", "--dtype", "bf16")
+    assert code == 2
+    assert stderr.strip() == "error: this GPU (Tesla V100-SXM2-16GB) cannot run bf16; use fp16 or fp32"
+
+
+def test_out_folder_missing(cli, tmp_path):
+    code, _, stderr = cli("run", "--model", "opt-125m", "--out", str(tmp_path / "no" / "r.json"))
+    assert code == 2 and stderr.startswith("error: --out") and len(stderr.strip().splitlines()) == 1
+
+
+def _console_script() -> list[str]:
+    exe = shutil.which("membench", path=os.path.dirname(sys.executable)) or shutil.which("membench")
+    assert exe, "the membench console script is not installed"
+    return [exe]
+
+
+def test_console_script_subprocess(tmp_path):
+    out = tmp_path / "r.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
+    ok = subprocess.run(_console_script() + ["run", "--model", "gpt2", "-b", "1", "-s", "8", "--device", "fake",
+                                             *tiny_args("gpt2", layers=1), "--out", str(out)],
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "layers.0" in ok.stdout
+    assert json.loads(out.read_text())["model"] == "gpt2"
+    bad = subprocess.run(_console_script() + ["run", "--model", "nope"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: unknown model 'nope'; known models:")
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

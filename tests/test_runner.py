@@ -1,0 +1,138 @@
+"""The Python API: profile() on registered backbones, profile_module() on any nn.Module, RunResult JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny
+from torch import nn
+
+from membench import LayerRow, RunResult, UserError, profile, profile_module
+
+REQUIRED_KEYS = {"model", "method", "batch_size", "seq_len", "dtype", "device", "activation_bytes",
+                 "peak_activation_bytes", "param_bytes", "trainable_param_bytes", "grad_bytes",
+                 "optimizer_bytes", "layers", "provenance"}
+
+
+class UserNet(nn.Module):
+    """What a user might build: an embedding, a stack of blocks, a head, a loss inside."""
+
+    def __init__(self, vocab=50, d=16, n=3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(d, d), nn.Tanh()) for _ in range(n))
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, ids, labels):
+        h = self.emb(ids)
+        for b in self.blocks:
+            h = h + b(h)
+        return nn.functional.cross_entropy(self.head(h).flatten(0, 1), labels.flatten())
+
+
+def test_profile_module_on_a_user_model():
+    torch.manual_seed(0)
+    net = UserNet()
+    ids = torch.randint(0, 50, (4, 6))
+    r = profile_module(net, {"ids": ids, "labels": ids})
+    assert isinstance(r, RunResult)
+    assert r.model == "UserNet" and r.method == "custom" and r.batch_size == 4 and r.seq_len == 6
+    assert r.dtype == "fp32" and r.device == "cpu"
+    # one row per block, then the rest grouped by top-level name; the ModuleList itself is no row
+    names = [row.name for row in r.layers]
+    assert names[:4] == ["emb", "blocks.0", "blocks.1", "blocks.2"]
+    assert "blocks" not in names
+    # each block: Linear saves h (4*6*16*4 = 1536 B, first save of that storage) and Tanh saves its
+    # output (1536 B); block 0's input h is the embedding output (new storage) -> 3072 B each
+    assert [r.layer_bytes[f"blocks.{i}"] for i in range(3)] == [3072, 3072, 3072]
+    assert r.layer_bytes["emb"] == 0  # the embedding saves the ids: a model input
+    assert r.input_bytes == 4 * 6 * 8  # ids and labels are one tensor here: counted once
+    assert r.activation_bytes == sum(r.layer_bytes.values())
+    assert r.param_bytes == 4 * sum(p.numel() for p in net.parameters())
+    assert r.trainable_param_bytes == r.grad_bytes == r.param_bytes
+    assert r.loss == pytest.approx(float(r.loss)) and r.loss > 0
+
+
+def test_profile_module_custom_layers_and_loss():
+    net = UserNet(n=2)
+    ids = torch.randint(0, 50, (2, 5))
+    rows = {m: "everything" for m in net.modules()}
+    r = profile_module(net, (ids, ids), layers=rows, loss_fn=lambda loss: loss * 2, name="mine")
+    assert r.model == "mine"
+    assert [row.name for row in r.layers] == ["everything"]
+    assert r.layers[0].activation_bytes == r.activation_bytes > 0
+
+
+def test_json_has_the_issue_keys_and_round_trips(tmp_path):
+    model, ov = tiny("bert")
+    r = profile(model, "lora", batch_size=2, seq_len=8, dtype="bf16", device="fake", overrides=ov)
+    d = json.loads(r.to_json())
+    assert set(d) >= REQUIRED_KEYS
+    assert all(set(row) >= {"name", "activation_bytes"} for row in d["layers"])
+    assert d["dtype"] == "bf16" and d["device"] == "fake" and d["method"] == "lora"
+    prov = d["provenance"]
+    for key in ("membench", "torch", "transformers", "peft", "cuda", "device_name", "git_revision", "config"):
+        assert key in prov
+    assert prov["config"]["hidden_size"] == ov["hidden_size"]
+    assert d["method_options"]["r"] == 8
+    path = tmp_path / "r.json"
+    r.save(str(path))
+    back = RunResult.load(str(path))
+    assert back == r
+    assert isinstance(back.layers[0], LayerRow)
+    assert back.to_dict() == r.to_dict()
+    # unknown keys from a newer writer are ignored, not fatal
+    assert RunResult.from_dict({**d, "from_the_future": 1}) == r
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"batch_size": 0}, "batch size must be a positive integer"),
+    ({"batch_size": -2}, "batch size must be a positive integer"),
+    ({"batch_size": 1.5}, "batch size must be a positive integer"),
+    ({"batch_size": "8"}, "batch size must be a positive integer"),
+    ({"batch_size": True}, "batch size must be a positive integer"),
+    ({"seq_len": 0}, "sequence length must be a positive integer"),
+    ({"seq_len": 2.0}, "sequence length must be a positive integer"),
+    ({"seq_len": 600}, "longer than the model's 512 positions"),
+    ({"dtype": "int4"}, "unknown dtype"),
+    ({"device": "tpu"}, "unknown device"),
+    ({"attn": "flash"}, "unknown attention"),
+    ({"overrides": ["num_hidden_layers"]}, "expected KEY=VALUE"),
+    ({"overrides": {"nope": 1}}, "unknown config key"),
+    ({"method_options": {"rank": 4}}, "has no option 'rank'"),
+    ({"snapshot": "x.pickle", "device": "cpu"}, "--snapshot needs --device cuda"),
+])
+def test_bad_input_is_a_user_error(kw, match):
+    model, ov = tiny("bert")
+    args = dict(batch_size=1, seq_len=8, device="fake", overrides=ov)
+    args.update(kw)
+    with pytest.raises(UserError, match=match):
+        profile(model, "lora", **args)
+
+
+@pytest.mark.parametrize(("family", "limit"), [("opt", 2048), ("gpt2", 1024), ("roberta", 512), ("bert", 512)])
+def test_sequence_longer_than_positions(family, limit):
+    model, ov = tiny(family, layers=1)
+    with pytest.raises(UserError, match=f"longer than the model's {limit} positions"):
+        profile(model, "full", batch_size=1, seq_len=limit + 1, device="fake", overrides=ov)
+
+
+def test_cuda_without_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        profile("opt-125m", "full", device="cuda")
+
+
+def test_default_device_without_gpu_is_fake(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model, ov = tiny("opt", layers=1)
+    assert profile(model, "full", batch_size=1, seq_len=4, overrides=ov).device == "fake"
+
+
+def test_unknown_model_and_method_list_the_known_ones():
+    with pytest.raises(UserError, match="known models: .*opt-1.3b"):
+        profile("opt-13b", "full")
+    with pytest.raises(UserError, match="known methods: .*full.*lora|known methods: .*lora.*full"):
+        profile("opt-125m", "qlora")
