@@ -1,0 +1,124 @@
+"""Bottleneck adapters: Houlsby (after attention and after the FFN) and Pfeiffer (after the FFN only).
+
+Each adapter is a residual bottleneck (`membench.methods.bottleneck.Bottleneck`)
+applied to the output of a family hook module, before the layer's own residual
+add and LayerNorm:
+
+    out = M(x)                     M = family.attn_out(layer) or family.ffn_out(layer)
+    out = out + W_up drop(act(W_down out))
+
+It runs as a forward hook on M, so the backbone's code and module names stay
+as they are, the same way in every family; the adapter module itself is
+registered on the layer (`<layer>.houlsby_attn`, `<layer>.houlsby_ffn`,
+`<layer>.pfeiffer_ffn`), so profilers charge it to its layer.
+
+`init="zero"` (default): W_up = 0, the model's output at initialisation is the
+base model's, bit for bit. `init="normal"`: W_down, W_up ~ N(0, std^2)
+(std 0.02, as in the MEFT paper); the starting point moves a little.
+The base is frozen; for classification backbones the new task head trains too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UserError
+from . import register
+from .base import Method, MethodConfig
+
+SEQ_CLS_HEADS = ("classifier", "score")  # peft's SEQ_CLS modules_to_save
+
+
+def train_task_head(model, family) -> list[str]:
+    """Make a classification model's (randomly initialised) head trainable; returns the head module names.
+
+    Causal/seq2seq LM heads are pre-trained (tied to the embeddings) and stay frozen.
+    """
+    if family.task != "classification":
+        return []
+    names = []
+    for name, child in model.named_children():
+        if name in SEQ_CLS_HEADS:
+            for p in child.parameters():
+                p.requires_grad_(True)
+            names.append(name)
+    return names
+
+
+def neighbour(module):
+    """(device, dtype) of a module's first parameter: new modules are created there, never moved."""
+    p = next(module.parameters(), None)
+    if p is None:
+        raise RuntimeError(f"cannot place an adapter next to {type(module).__name__}: it has no parameter")
+    return p.device, p.dtype
+
+
+class AdapterHook:
+    """Forward hook that passes a module's output through a residual adapter."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+
+    def __call__(self, module, args, output):
+        if isinstance(output, tuple):
+            return (self.adapter(output[0]),) + output[1:]
+        return self.adapter(output)
+
+
+@dataclass
+class AdapterOptions(MethodConfig):
+    r: int = 64  # bottleneck width
+    activation: str = "relu"
+    dropout: float = 0.0
+    init: str = "zero"  # "zero": W_up = 0 (exact starting point) | "normal": N(0, std^2)
+    std: float = 0.02
+    train_head: bool = True  # classification backbones: train the new task head
+
+
+class _BottleneckAdapters(Method):
+    sites: tuple[str, ...] = ()  # family hook points: "attn_out", "ffn_out"
+    Config = AdapterOptions
+
+    def apply(self, model, family, cfg: AdapterOptions):
+        from transformers.activations import ACT2FN
+
+        from .bottleneck import Bottleneck
+
+        if cfg.r <= 0:
+            raise UserError(f"option {self.name}.r={cfg.r}: the bottleneck width must be a positive integer")
+        if cfg.init not in ("zero", "normal"):
+            raise UserError(f"option {self.name}.init={cfg.init!r}: allowed: zero, normal")
+        if cfg.activation not in ACT2FN:
+            raise UserError(f"option {self.name}.activation={cfg.activation!r}: allowed: "
+                            + ", ".join(sorted(ACT2FN)))
+        if not 0.0 <= cfg.dropout < 1.0:
+            raise UserError(f"option {self.name}.dropout={cfg.dropout}: must be in [0, 1)")
+        d = family.hidden_size(model.config)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layers in family.stacks(model).values():
+            for layer in layers:
+                for site in self.sites:
+                    target = getattr(family, site)(layer)
+                    device, dtype = neighbour(target)
+                    adapter = Bottleneck(d, cfg.r, activation=cfg.activation, dropout=cfg.dropout, residual=True,
+                                         init=cfg.init, std=cfg.std, device=device, dtype=dtype)
+                    layer.add_module(f"{self.name}_{site.split('_')[0]}", adapter)
+                    target.register_forward_hook(AdapterHook(adapter))
+        if cfg.train_head:
+            train_task_head(model, family)
+        return model
+
+
+@register
+class Houlsby(_BottleneckAdapters):
+    name = "houlsby"
+    summary = "Houlsby adapters: residual bottleneck after attention and after the FFN, base frozen"
+    sites = ("attn_out", "ffn_out")
+
+
+@register
+class Pfeiffer(_BottleneckAdapters):
+    name = "pfeiffer"
+    summary = "Pfeiffer adapters: residual bottleneck after the FFN only, base frozen"
+    sites = ("ffn_out",)

@@ -1,0 +1,57 @@
+"""(IA)^3 through peft (Liu et al. 2022): learned vectors rescale keys, values and the FFN activation.
+
+Targets default to the family's `ia3_targets` / `ia3_feedforward` (the paper's
+k, v and FFN-intermediate scaling; for a feed-forward target peft scales the
+module's *input*), falling back to peft's own mapping. The vectors start at 1,
+so the starting point is exactly the base model's. The base is frozen; peft
+trains a classification head (`modules_to_save`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from . import register
+from .base import Method, MethodConfig
+from .lora import peft_task_type
+
+
+@dataclass
+class IA3Options(MethodConfig):
+    target_modules: list[str] = field(default_factory=list)
+    feedforward_modules: list[str] = field(default_factory=list)
+
+
+@register
+class IA3(Method):
+    name = "ia3"
+    summary = "(IA)^3 (peft): learned rescaling of keys, values and FFN activations, base frozen"
+    Config = IA3Options
+
+    def defaults(self, family):
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as ff
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as targets
+
+        t = list(family.ia3_targets) or list(targets.get(family.model_types[0], []))
+        f = list(family.ia3_feedforward) or list(ff.get(family.model_types[0], []))
+        return {"target_modules": t, "feedforward_modules": f}
+
+    def apply(self, model, family, cfg: IA3Options):
+        from peft import IA3Config, get_peft_model
+
+        targets, ff = list(cfg.target_modules), list(cfg.feedforward_modules)
+        if not targets:
+            raise UserError(f"ia3: no target modules for {family.name}; give --option target_modules=a,b")
+        missing = [m for m in ff if m not in targets]
+        if missing:
+            raise UserError(f"ia3: feedforward_modules {missing} must also be in target_modules {targets}")
+        from transformers.pytorch_utils import Conv1D
+
+        conv1d = any(isinstance(m, Conv1D) for m in model.modules())  # GPT-2's projections store W transposed
+        config = IA3Config(target_modules=targets, feedforward_modules=ff, fan_in_fan_out=conv1d,
+                           task_type=peft_task_type(family))
+        try:
+            return get_peft_model(model, config)
+        except ValueError as exc:
+            raise UserError(f"ia3 on {family.name}: {str(exc).splitlines()[0]}") from None
