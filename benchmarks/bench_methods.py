@@ -61,6 +61,15 @@ def pytest_generate_tests(metafunc):
     opt = metafunc.config.getoption
     specs = method_specs()
     methods = specs if not opt("bench_methods") else [m.strip() for m in opt("bench_methods").split(",") if m.strip()]
+    if opt("bench_methods"):
+        from membench import methods as registry
+        from membench.errors import UserError
+
+        for spec in methods:
+            try:
+                registry.resolve(spec)
+            except UserError as exc:
+                raise pytest.UsageError(f"--bench-methods: {exc}") from None
     families = _pick(opt("bench_models"), list(FAMILIES), "models")
     configs = _pick(opt("bench_configs"), list(CONFIGS), "configs")
     devices = _pick(opt("bench_devices"), [*DEVICES, "cuda"], "devices") if opt("bench_devices") else list(DEVICES)

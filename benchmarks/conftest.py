@@ -35,6 +35,9 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     import torch
 
+    # transformers' deprecation noise, once per checkpointed model
+    config.addinivalue_line("filterwarnings", "ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
     # a fixed thread count: step time depends on it, and it is recorded in machine_info
     threads = int(os.environ.get("MEMBENCH_BENCH_THREADS", "0") or 0) or max(1, min(2, os.cpu_count() or 1))
     torch.set_num_threads(threads)

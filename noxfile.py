@@ -1,0 +1,67 @@
+"""nox sessions: `nox -s tests`, `nox -s lint`, `nox -s bench` (docs/benchmarks.md).
+
+Every session installs the project with torch pinned (an unpinned torch, also one
+pulled in by transformers or peft, is a multi-GB CUDA build). Override the pin with
+MEMBENCH_TORCH, e.g. `MEMBENCH_TORCH=torch==2.13.0 nox -s bench`. Reuse the
+virtualenvs between runs with `nox -R`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.default_venv_backend = "venv"
+
+TORCH = os.environ.get("MEMBENCH_TORCH", "torch==2.13.0")
+BASELINE = "benchmarks/baselines/methods.json"
+CURRENT = ".benchmarks/current.json"
+LOCAL_TIME_BASELINE = ".benchmarks/time-baseline.json"
+
+
+def install(session: nox.Session) -> None:
+    session.install(TORCH, "-e", ".[dev]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (pass pytest arguments after --, e.g. `nox -s tests -- -k benchcmp`)."""
+    install(session)
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check, with the project's configuration."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "membench", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmark suites, then the memory gate against the committed baseline.
+
+    Arguments after -- go to pytest, e.g. `nox -s bench -- --bench-quick` (time each case
+    once) or `-- --bench-devices=cuda` on a GPU box. When .benchmarks/time-baseline.json
+    exists (this machine's own baseline), step time is gated against it too.
+    """
+    install(session)
+    Path(CURRENT).parent.mkdir(parents=True, exist_ok=True)
+    session.run("pytest", "benchmarks/bench_methods.py", "-q", "-p", "no:cacheprovider",
+                f"--benchmark-json={CURRENT}", *session.posargs)
+    # memory, exactly, against the committed baseline (time there comes from another machine);
+    # a narrowed run (-k, --bench-methods=...) reports the benchmarks it left out without failing
+    narrowed = any(a == "-k" or a.startswith(("-k", "--bench-methods", "--bench-models", "--bench-configs",
+                                              "--bench-devices")) for a in session.posargs)
+    session.run("membench", "bench-compare", BASELINE, CURRENT, "--max-time-regression", "off", "--changed-only",
+                *(["--allow-missing"] if narrowed else []))
+    if Path(LOCAL_TIME_BASELINE).exists():
+        session.log(f"step time against this machine's own baseline {LOCAL_TIME_BASELINE}")
+        session.run("membench", "bench-compare", LOCAL_TIME_BASELINE, CURRENT, "--max-time-regression", "10%",
+                    "--allow-missing", "--changed-only")
+    else:
+        session.log(f"no {LOCAL_TIME_BASELINE}: step time not gated. To keep one for this machine: "
+                    f"cp {CURRENT} {LOCAL_TIME_BASELINE}")
