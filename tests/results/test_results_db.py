@@ -255,3 +255,28 @@ def test_results_package_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_run_db_and_sweeps_mix(tmp_path, cli):
+    from membench.backbones.tiny import tiny_overrides
+    from membench.sweep import Grid, run_sweep
+
+    sys.path.insert(0, str(REPO / "tests" / "plugins"))
+    from sweep_executor import FakeExecutor
+
+    db = tmp_path / "mix.db"
+    overrides = [f"--override={k}={v}" for k, v in tiny_overrides("opt").items()]
+    code, out, err = cli("run", "--model", "opt-125m", "--method", "full", "-b", "2", "-s", "16", "--device", "fake",
+                         *overrides, "--db", str(db))
+    assert code == 0, err
+    specs = Grid(models=["opt-125m"], methods=["lora"], seq_lens=[16], batch_sizes=[1, 2], dtypes=["fp32"]).expand()
+    run_sweep(specs, db=db, executor=FakeExecutor(), sweep="mixed")
+    df = results.load(db)
+    assert len(df) == 3
+    single = df[df["sweep"].isna()].iloc[0]
+    assert single["method"] == "full" and single["batch_size"] == 2 and single["activation_bytes"] > 0
+    assert single["device_name"].startswith("fake") and pd.isna(single["key"])
+    assert (df[df["sweep"] == "mixed"]["method"] == "lora").all()
+    layers = results.load_layers(db, [int(single["run_id"])])
+    assert list(layers["layer"]) == ["embeddings", "layers.0", "layers.1", "head"]
+    assert layers["activation_bytes"].sum() <= single["activation_bytes"]
