@@ -257,3 +257,29 @@ def test_two_concurrent_sweeps_lose_no_row(tmp_path):
     assert set(df["batch_size"]) == set(range(1, 61))
     layers = results.load_layers(db)
     assert len(layers) == 2 * len(df) and set(layers["run_id"]) == set(df["run_id"])
+
+
+def test_preflight_finds_bad_names_and_options():
+    from membench.sweep.worker import preflight
+
+    ok = RunSpec("opt-125m", "lora", 1, 16, "fp32", "fake", tiny=True, method_options={"r": 4})
+    assert preflight([ok.to_dict()]) == []
+    bad = [RunSpec("opt-125m", "nosuch", 1, 16, "fp32", "fake"),
+           RunSpec("opt-125m", "lora", 1, 16, "fp32", "fake", method_options={"rank": 4}),
+           RunSpec("opt-125m", "full", 1, 16, "fp32", "fake", overrides={"num_layerz": 2})]
+    problems = preflight([s.to_dict() for s in bad])
+    assert len(problems) == 3
+    assert "unknown method 'nosuch'" in problems[0]
+    assert "has no option 'rank'" in problems[1]
+    assert "unknown config key 'num_layerz'" in problems[2]
+
+
+def test_problem_in_experiment_file_points_at_its_line(tmp_path):
+    from membench.cli.sweep import _locate
+    from membench.sweep.config import _where
+
+    f = tmp_path / "exp.toml"
+    f.write_text(GOOD.replace("r = 4", "rank = 4"))
+    file = load_experiment(f)
+    msg = _locate("method 'lora' has no option 'rank'; options: r, alpha", f, file, _where)
+    assert msg.startswith(f"{f}:17: key 'options.lora.rank'")
