@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.weak import WeakIdKeyDictionary
 
 _CASTS = {"_to_copy", "to", "clone", "_autocast_to_reduced_precision", "_autocast_to_full_precision"}
 
@@ -41,53 +40,71 @@ class LiveMemoryTracker(TorchDispatchMode):
         Pass model inputs in `known` only: a cast of an input is an activation, not a weight copy."""
         super().__init__()
         self.phase = "forward"
-        self._ids = WeakIdKeyDictionary()  # storage -> record id
-        self._ignore = WeakIdKeyDictionary()  # parameters, buffers, inputs: allocated before the step
-        self._weights = WeakIdKeyDictionary()  # parameters, buffers: their casts are weight copies
-        self._weight_copies = WeakIdKeyDictionary()
+        # Keyed by id(storage object): the object lives exactly as long as the storage (see the
+        # module doc), and each entry is removed by that object's weakref callback, so an id is
+        # never looked up after it could be reused. Plain dicts: this runs once per op.
+        self._live: dict[int, int] = {}  # id(storage) -> record id, while it lives
+        self._ignore: dict[int, weakref.ref] = {}  # parameters, buffers, inputs: allocated before the step
+        self._weights: dict[int, weakref.ref] = {}  # parameters, buffers: their casts are weight copies
+        self.weight_copy_ids: set[int] = set()  # records that are copies/casts of weights
         self._refs: dict[int, weakref.ref] = {}
+        self._cast_ops: dict[object, bool] = {}
         self.sizes: list[int] = []
         self.events: list[tuple[int, int, str]] = []  # (+/-1, record id, phase)
         for t in known:
-            self._ignore[t.untyped_storage()] = True
+            self._remember(self._ignore, t.untyped_storage())
         for t in known if weights is None else weights:
-            self._weights[t.untyped_storage()] = True
+            self._remember(self._weights, t.untyped_storage())
+
+    @staticmethod
+    def _remember(table: dict, st) -> None:
+        key = id(st)
+        table[key] = weakref.ref(st, lambda _r, key=key, table=table: table.pop(key, None))
 
     # ---- tracking ---------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        flat, _ = tree_flatten(out)
-        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+        if isinstance(out, torch.Tensor):
+            tensors = (out,)
+        elif isinstance(out, tuple | list) and not any(isinstance(o, tuple | list | dict) for o in out):
+            tensors = [t for t in out if isinstance(t, torch.Tensor)]
+        else:
+            tensors = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         if not tensors:
             return out
-        from_weight = func.__name__.split(".")[0] in _CASTS and any(
-            isinstance(a, torch.Tensor) and (a.untyped_storage() in self._weights
-                                             or a.untyped_storage() in self._weight_copies)
-            for a in args[:1])
+        is_cast = self._cast_ops.get(func)
+        if is_cast is None:
+            is_cast = self._cast_ops[func] = func.__name__.split(".")[0] in _CASTS
+        from_weight = False
+        if is_cast and args and isinstance(args[0], torch.Tensor):
+            key = id(args[0].untyped_storage())
+            from_weight = key in self._weights or self._live.get(key, -1) in self.weight_copy_ids
         for t in tensors:
             self._track(t.untyped_storage(), from_weight)
         return out
 
     def _track(self, st, from_weight: bool) -> None:
-        if st in self._ids or st in self._ignore:
+        key = id(st)
+        if key in self._live or key in self._ignore:
             return
         rid = len(self.sizes)
-        self._ids[st] = rid
+        self._live[key] = rid
         self.sizes.append(st.nbytes())
         self.events.append((1, rid, self.phase))
         if from_weight:
-            self._weight_copies[st] = True
-        self._refs[rid] = weakref.ref(st, lambda _r, rid=rid: self._free(rid))
+            self.weight_copy_ids.add(rid)
+        self._refs[rid] = weakref.ref(st, lambda _r, rid=rid, key=key: self._free(rid, key))
 
-    def _free(self, rid: int) -> None:
+    def _free(self, rid: int, key: int) -> None:
         self._refs.pop(rid, None)
+        self._live.pop(key, None)
         self.events.append((-1, rid, self.phase))
 
     def is_weight_copy(self, storage) -> bool:
-        return storage in self._weight_copies
+        return self._live.get(id(storage), -1) in self.weight_copy_ids
 
     def record_id(self, tensor: torch.Tensor) -> int | None:
-        return self._ids.get(tensor.untyped_storage())
+        return self._live.get(id(tensor.untyped_storage()))
 
     # ---- results ----------------------------------------------------------
     def live_bytes(self, exclude: set[int] = frozenset()) -> int:

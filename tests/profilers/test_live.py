@@ -111,7 +111,7 @@ def test_autocast_weight_casts_are_seen():
         y = lin(x)
         # autocast keeps its bf16 casts of W and b (leaves that need grad) for the region: both are
         # weight copies; the bf16 cast of x and the output y are not
-        assert len(tr._weight_copies) == 2
+        assert len(tr.weight_copy_ids) == 2
         assert not tr.is_weight_copy(y.untyped_storage())
     assert len(tr.sizes) == 4  # W copy, b copy, x copy, y
 
