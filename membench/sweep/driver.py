@@ -77,6 +77,21 @@ class _EarlyStop:
             v = getattr(spec, self.axis)
             self.oom_at[g] = min(v, self.oom_at.get(g, v))
 
+    def next_ready(self, todo: deque, running) -> RunSpec | None:
+        """Pop the first pending run that no smaller in-flight run of its group could still stop."""
+        if not self.axis:
+            return todo.popleft()
+        busy = {}
+        for r in running:
+            g = axis_group(r, self.axis)
+            busy[g] = min(getattr(r, self.axis), busy.get(g, getattr(r, self.axis)))
+        for i, spec in enumerate(todo):
+            g = axis_group(spec, self.axis)
+            if g not in busy or getattr(spec, self.axis) <= busy[g]:
+                del todo[i]
+                return spec
+        return None
+
     def skips(self, spec: RunSpec) -> int | None:
         """The smaller value that OOMed, if `spec` is to be skipped."""
         if not self.axis:
@@ -121,7 +136,9 @@ def run_sweep(specs: list[RunSpec], *, db: str | os.PathLike, executor: Executor
         executor.start(list(todo))
         while todo or running:
             while todo and len(running) < executor.slots:
-                spec = todo.popleft()
+                spec = stopper.next_ready(todo, running.values())
+                if spec is None:  # every pending run waits for a smaller one of its group
+                    break
                 at = stopper.skips(spec)
                 if at is not None:
                     summary.counts["skipped"] += 1

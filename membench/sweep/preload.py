@@ -11,6 +11,9 @@ import importlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# if anything here asks torch.cuda.is_available(), answer through NVML instead of initialising CUDA
+# (a forked run cannot use CUDA once its parent initialised it)
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 import contextlib
 

@@ -222,6 +222,10 @@ def test_early_stop_along_batch(tmp_path, monkeypatch):
     assert s.counts == {"ok": 3, "oom": 2, "skipped": 5}
     df = results.load(db)
     assert len(df) == 5 and sorted(df[df["status"] == "oom"]["batch_size"].tolist()) == [2, 4]
+    # with runs in parallel, a run waits while a smaller one of its group is in flight: same outcome
+    par = FakeExecutor(jobs=4)
+    sp = run_sweep(specs, db=tmp_path / "par.db", executor=par, early_stop="batch_size")
+    assert {(x.seq_len, x.batch_size) for x in par.submitted} == ran and sp.counts == s.counts
     # resume: the stored OOMs still stop the larger batches; nothing runs
     ex2 = FakeExecutor()
     s2 = run_sweep(specs, db=db, executor=ex2, early_stop="batch_size")
