@@ -1,7 +1,7 @@
 """Regression suites: every registered method on tiny and small configs, memory and step time.
 
     pytest benchmarks/bench_methods.py --benchmark-json current.json
-    membench bench-compare benchmarks/baselines/cpu.json current.json
+    membench bench-compare benchmarks/baselines/methods.json current.json
 
 One benchmark per (family, size, method, device), e.g. `test_method[opt-small-lora-cpu]`:
 

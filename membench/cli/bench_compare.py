@@ -85,7 +85,7 @@ _VERDICT = {"ok": "ok", "improved": "[green]improved", "regressed": "[bold red]R
 
 @app.command("bench-compare")
 def bench_compare(
-    baseline: Path = typer.Argument(..., help="baseline pytest-benchmark JSON (e.g. benchmarks/baselines/cpu.json)"),
+    baseline: Path = typer.Argument(..., help="baseline pytest-benchmark JSON (e.g. benchmarks/baselines/methods.json)"),
     current: Path = typer.Argument(..., help="JSON of the run to check (pytest --benchmark-json FILE)"),
     max_memory_regression: str = typer.Option(
         "0%", "--max-memory-regression",
