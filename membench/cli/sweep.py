@@ -99,7 +99,35 @@ class RichProgress:
             self._p = None
 
 
-def summary_table(db: str, keys: list[str]) -> Table | None:
+def parse_size(text: str | int | float | None) -> int | None:
+    """'24GiB', '24GB', '80e9', 1024 -> bytes."""
+    import re
+
+    if text is None:
+        return None
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?i?b?)?\s*", str(text), re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise UserError(f"--budget {text!r}: expected a size such as 24GiB, 80GB or 8e9 (bytes)")
+    unit = (m.group(2) or "").lower().rstrip("b")
+    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+             "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}[unit]
+    return int(float(m.group(1)) * scale)
+
+
+def _peak(row) -> int | None:
+    """The run's memory peak: CUDA reserved when measured on a GPU, else the estimated peak of the step."""
+    import pandas as pd
+
+    for col in ("cuda_max_reserved_bytes", "estimated_peak_bytes"):
+        v = row[col]
+        if not pd.isna(v):
+            return int(v)
+    return None
+
+
+def summary_table(db: str, keys: list[str], budget: int | None = None) -> Table | None:
     """One row per (model, method, seq, dtype): status per batch size, largest batch that ran, its peak."""
     from ..results import load
 
@@ -107,23 +135,32 @@ def summary_table(db: str, keys: list[str]) -> Table | None:
     df = df[df["key"].isin(keys)]
     if df.empty:
         return None
-    table = Table(title=f"sweep results ({len(df)} runs in {db})")
-    for col, just in (("model", "left"), ("method", "left"), ("seq", "right"), ("dtype", "left"),
-                      ("batch: status", "left"), ("largest ok batch", "right"), ("est. peak there", "right"),
-                      ("activations there", "right")):
+    title = f"sweep results ({len(df)} runs in {db})"
+    if budget:
+        title += f"; budget {human_bytes(budget)} (CUDA reserved on a GPU, else the estimated peak)"
+    table = Table(title=title)
+    cols = [("model", "left"), ("method", "left"), ("seq", "right"), ("dtype", "left"), ("batch: status", "left"),
+            ("largest ok batch", "right"), ("peak there", "right"), ("activations there", "right")]
+    if budget:
+        cols.append(("largest batch in budget", "right"))
+    for col, just in cols:
         table.add_column(col, justify=just)
     style = {"ok": "green", "oom": "yellow", "failed": "red", "timeout": "red"}
-    for (model, method, seq, dtype), g in df.groupby(["model", "method", "seq_len", "dtype", ], sort=False):
+    for (model, method, seq, dtype), g in df.groupby(["model", "method", "seq_len", "dtype"], sort=False):
         g = g.sort_values("batch_size")
         cells = " ".join(f"[{style.get(s, 'white')}]{b}:{s}[/]" for b, s in zip(g["batch_size"], g["status"],
                                                                                   strict=True))
         ok = g[g["status"] == "ok"]
+        row = [model, method, str(seq), dtype, cells]
         if len(ok):
             best = ok.iloc[-1]
-            table.add_row(model, method, str(seq), dtype, cells, str(best["batch_size"]),
-                          human_bytes(best["estimated_peak_bytes"]), human_bytes(best["activation_bytes"]))
+            row += [str(best["batch_size"]), human_bytes(_peak(best)), human_bytes(best["activation_bytes"])]
         else:
-            table.add_row(model, method, str(seq), dtype, cells, "-", "-", "-")
+            row += ["-", "-", "-"]
+        if budget:
+            fits = [int(r["batch_size"]) for _, r in ok.iterrows() if (_peak(r) or 0) <= budget]
+            row.append(f"[green]{max(fits)}[/]" if fits else "[red]none[/]")
+        table.add_row(*row)
     return table
 
 
@@ -152,6 +189,8 @@ def sweep(
     start_method: str = typer.Option(None, "--start-method",
                                      help="local runs: forkserver (preloaded, fast) or spawn (fresh interpreter)"),
     name: str = typer.Option(None, "--name", help="sweep name stored with each run"),
+    budget: str = typer.Option(None, "--budget", help="memory budget, e.g. 24GiB: the summary shows the largest "
+                                                      "batch whose peak fits"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and what is already stored, run nothing"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
 ) -> None:
@@ -194,6 +233,7 @@ def sweep(
     if run_timeout <= 0:
         raise UserError(f"--timeout must be positive seconds, got {run_timeout:g}")
     sweep_name = pick(name, "name", None) or (Path(config).stem if config else None)
+    budget_bytes = parse_size(pick(budget, "budget", None))
 
     if dry_run:
         stored = stored_status(db_path, [s.key() for s in specs])
@@ -218,7 +258,7 @@ def sweep(
         if config is not None:
             raise UserError(_locate(str(exc), Path(config), file, _where)) from None
         raise
-    table = summary_table(db_path, [s.key() for s in specs])
+    table = summary_table(db_path, [s.key() for s in specs], budget_bytes)
     if table is not None:
         console.print(table)
     c = summary.counts

@@ -29,7 +29,8 @@ from ..errors import UserError
 
 LIST_KEYS = {"models": str, "methods": str, "seq_lens": int, "batch_sizes": int, "dtypes": str}
 SCALAR_KEYS = {"name": str, "device": str, "attn": str, "db": str, "timeout": (int, float), "early_stop": (str, bool),
-               "executor": str, "ray_address": str, "jobs": int, "seed": int, "tiny": bool, "start_method": str}
+               "executor": str, "ray_address": str, "jobs": int, "seed": int, "tiny": bool, "start_method": str,
+               "budget": (str, int, float)}
 TABLE_KEYS = ("overrides", "options")
 ALLOWED = sorted([*LIST_KEYS, *SCALAR_KEYS, *TABLE_KEYS])
 

@@ -287,3 +287,22 @@ def test_problem_in_experiment_file_points_at_its_line(tmp_path):
     file = load_experiment(f)
     msg = _locate("method 'lora' has no option 'rank'; options: r, alpha", f, file, _where)
     assert msg.startswith(f"{f}:17: key 'options.lora.rank'")
+
+
+def test_budget_summary(tmp_path, cli):
+    from membench.cli.sweep import parse_size, summary_table
+
+    assert parse_size("24GiB") == 24 * 2**30 and parse_size("80GB") == 80 * 10**9 and parse_size("8e9") == 8 * 10**9
+    assert parse_size(1024) == 1024 and parse_size("1.5 KiB") == 1536
+    for bad in ("24QB", "-1GB", "lots"):
+        with pytest.raises(UserError, match="--budget"):
+            parse_size(bad)
+    db = tmp_path / "b.db"
+    specs = grid(models=["opt-125m"], methods=["full"], seq_lens=[100], batch_sizes=[1, 2, 4, 8]).expand()
+    run_sweep(specs, db=db, executor=FakeExecutor())
+    # fake peak = 40_000 + 1500 * tokens: b2 -> 340_000, b4 -> 640_000
+    table = summary_table(str(db), [s.key() for s in specs], budget=500_000)
+    cells = [list(col.cells) for col in table.columns]
+    assert cells[-1] == ["[green]2[/]"] and cells[5] == ["8"]
+    table = summary_table(str(db), [s.key() for s in specs], budget=10_000)
+    assert list(table.columns[-1].cells) == ["[red]none[/]"]
