@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import time
 from pathlib import Path
 
 import typer
@@ -9,7 +12,7 @@ from rich.table import Table
 
 from ..errors import UserError
 from . import app
-from .format import console, human_bytes, status
+from .format import console, err_console, human_bytes, status
 from .run import parse_options
 
 
@@ -58,12 +61,27 @@ def train(
                   batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                   max_length=max_length, patience=patience, seed=seed, dtype=dtype, device=device,
                   method_options=parse_options(option), overrides=backbones.parse_overrides(override))
-    with status("training") as say, quiet_transformers():
+    with _progress() as say, quiet_transformers():
         outcome = run_training(config, progress=say)
     print_outcome(outcome)
     if not no_db:
         run_id = outcome.store(db)
         console.print(f"stored run {run_id} (kind train) in {db}; see it with `membench report --db {db}`")
+
+
+@contextlib.contextmanager
+def _progress():
+    """A spinner on a terminal; plain timestamped lines on stderr otherwise (logs, CI)."""
+    if err_console.is_terminal:
+        with status("training") as say:
+            yield say
+        return
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    yield say
 
 
 def print_outcome(outcome) -> None:
