@@ -151,8 +151,11 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
             dtype: str = "fp32", device: str | None = None, attn: str = "sdpa",
             overrides: dict | list | None = None, method_options: dict | None = None,
             pretrained: str | None = None, seed: int = 0, snapshot: str | None = None,
-            progress: Callable[[str], None] | None = None) -> RunResult:
-    """Profile one training step of a registered backbone with a registered method."""
+            progress: Callable[[str], None] | None = None, track_live: bool = True) -> RunResult:
+    """Profile one training step of a registered backbone with a registered method.
+
+    `track_live=False` skips the live-memory tracker (faster on real CPU tensors; then
+    `peak_activation_bytes` is only the saved total and weight copies are not told apart)."""
     import torch
 
     say = progress or (lambda _msg: None)
@@ -193,7 +196,7 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
 
     with mode if mode is not None else contextlib.nullcontext():
         step = profile_step(trained, batch, groups=groups, cuda=device == "cuda", snapshot_path=snapshot,
-                            read_loss=device != "fake")
+                            read_loss=device != "fake", track_live=track_live)
     name = model or pretrained
     return _result(step, order, model=name, method=method, batch_size=batch_size, seq_len=seq_len,
                    dtype=dtype, device=device, attn=attn, overrides=overrides, method_options=cfg.to_dict(),
@@ -201,7 +204,7 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
 
 
 def profile_module(module, batch: Any, *, loss_fn: Callable | None = None, layers: dict | None = None,
-                   device: str = "cpu", name: str | None = None) -> RunResult:
+                   device: str = "cpu", name: str | None = None, track_live: bool = True) -> RunResult:
     """Profile one training step of any `nn.Module` on a batch you give (tensors already on the device).
 
     `layers` maps modules to report rows; by default each item of the model's
@@ -214,7 +217,7 @@ def profile_module(module, batch: Any, *, loss_fn: Callable | None = None, layer
     if groups is None:
         groups, order = _auto_groups(module)
     step = profile_step(module, batch, loss_fn=loss_fn or default_loss, groups=groups, cuda=device == "cuda",
-                        read_loss=device != "fake")
+                        read_loss=device != "fake", track_live=track_live)
     b, s = _batch_shape(batch)
     dt = next((str(p.dtype).replace("torch.", "") for p in module.parameters()), "float32")
     return _result(step, order, model=name or type(module).__name__, method="custom", batch_size=b, seq_len=s,

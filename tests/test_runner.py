@@ -136,3 +136,13 @@ def test_unknown_model_and_method_list_the_known_ones():
         profile("opt-13b", "full")
     with pytest.raises(UserError, match="known methods: .*full.*lora|known methods: .*lora.*full"):
         profile("opt-125m", "qlora")
+
+
+def test_track_live_false_gives_the_same_ledger():
+    model, ov = tiny("opt", layers=1)
+    kw = dict(batch_size=2, seq_len=8, device="cpu", overrides=ov)
+    live = profile(model, "full", **kw)
+    bare = profile(model, "full", track_live=False, **kw)
+    assert bare.layer_bytes == live.layer_bytes
+    assert bare.peak_activation_bytes == bare.activation_bytes <= live.peak_activation_bytes
+    assert bare.peak_by_phase == {}
