@@ -12,9 +12,16 @@ from .format import console
 
 
 @app.command("list")
-def list_(verbose: bool = typer.Option(False, "--verbose", "-v", help="show each method's options")) -> None:
+def list_(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                      help="show each method's options, and what trains on --model"),
+          model: str = typer.Option("bert-base", "--model", "-m",
+                                    help="with --verbose: the model each method is built on (on meta, no memory)"),
+          ) -> None:
     """List the models and methods membench knows."""
     from .. import backbones, methods
+
+    if verbose:
+        backbones.get(model)  # an unknown --model fails before anything is printed
 
     models = Table(title="models (shipped configs, random weights unless --pretrained)")
     for col in ("name", "family", "task", "layers", "hidden", "positions"):
@@ -42,6 +49,36 @@ def list_(verbose: bool = typer.Option(False, "--verbose", "-v", help="show each
             row.append(opts)
         table.add_row(*row)
     console.print(table)
+    if verbose:
+        console.print(_trainable_table(model))
+
+
+def _trainable_table(model: str) -> Table:
+    """Each method built on `model` (on meta: no memory, a second or two): what trains, with its resolved config."""
+    import warnings
+
+    from .. import methods
+    from ..errors import UserError
+    from ..runner import build, build_device
+
+    table = Table(title=f"what each method trains on {model} (built on meta; config with family defaults)")
+    for col in ("method", "trainable params", "trainable tensors", "config"):
+        table.add_column(col, overflow="fold")
+    for name in methods.names():
+        try:
+            with build_device("fake"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _, trained, _, _, cfg = build(model, name, device="fake")
+        except UserError as exc:
+            table.add_row(name, "-", f"not on {model}: {exc}", "-")
+            continue
+        params = dict(trained.named_parameters())
+        train = [n for n, p in params.items() if p.requires_grad]
+        count = sum(params[n].numel() for n in train)
+        total = sum(p.numel() for p in params.values())
+        config = ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()) or "-"
+        table.add_row(name, f"{count:,} ({100 * count / total:.2f}%)", _which(train, len(params)), config)
+    return table
 
 
 def _default(f):
@@ -50,3 +87,27 @@ def _default(f):
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory() or "(family default)"
     return "?"
+
+
+def _which(train: list[str], n_params: int) -> str:
+    """Trainable tensors summarised by module: layer indices as *, peft prefixes dropped, biases folded."""
+    import re
+
+    if len(train) == n_params:
+        return f"all {n_params} tensors"
+
+    def short(name: str) -> str:
+        name = re.sub(r"\.\d+\.", ".*.", name)
+        name = re.sub(r"^(base_model\.model\.|base_model\.)", "", name)
+        name = "*." + name.rsplit("*.", 1)[1] if "*." in name else name
+        return name.rsplit(".", 1)[0] if "." in name else name  # the module, not weight/bias
+
+    biases = [n for n in train if n.endswith(".bias")]
+    rest = train
+    parts = []
+    if len(biases) >= 0.8 * len(train) and len(biases) > 4:
+        parts.append(f"every *.bias ({len(biases)})")
+        rest = [n for n in train if not n.endswith(".bias")]
+    patterns = list(dict.fromkeys(short(n) for n in rest))
+    parts += patterns[:6] + ([f"+{len(patterns) - 6} more"] if len(patterns) > 6 else [])
+    return f"{len(train)} tensors: " + ", ".join(parts)

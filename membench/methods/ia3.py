@@ -5,6 +5,11 @@ k, v and FFN-intermediate scaling; for a feed-forward target peft scales the
 module's *input*), falling back to peft's own mapping. The vectors start at 1,
 so the starting point is exactly the base model's. The base is frozen; peft
 trains a classification head (`modules_to_save`).
+
+On a bf16/fp16 model peft keeps the vectors in fp32 (`autocast_adapter_dtype`,
+its default), so each scaled activation is promoted to fp32 and saved at twice
+the size: (IA)^3 then saves more than full fine-tuning. `autocast_adapter_dtype=false`
+keeps them in the model's dtype.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .lora import peft_task_type
 class IA3Options(MethodConfig):
     target_modules: list[str] = field(default_factory=list)
     feedforward_modules: list[str] = field(default_factory=list)
+    autocast_adapter_dtype: bool = True  # peft's default: fp32 vectors on a bf16/fp16 model (costs activations)
 
 
 @register
@@ -52,6 +58,6 @@ class IA3(Method):
         config = IA3Config(target_modules=targets, feedforward_modules=ff, fan_in_fan_out=conv1d,
                            task_type=peft_task_type(family))
         try:
-            return get_peft_model(model, config)
+            return get_peft_model(model, config, autocast_adapter_dtype=cfg.autocast_adapter_dtype)
         except ValueError as exc:
             raise UserError(f"ia3 on {family.name}: {str(exc).splitlines()[0]}") from None
