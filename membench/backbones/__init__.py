@@ -116,7 +116,9 @@ def make_config(backbone: Backbone | None, overrides: dict | None = None, attn: 
     known = config.to_dict()
     for key, value in (overrides or {}).items():
         if key not in known and not hasattr(config, key):
-            sizes = [k for k in sorted(known) if any(w in k for w in ("layer", "hidden", "head", "size", "dim", "n_"))]
+            words = {"layer", "layers", "hidden", "heads", "head", "size", "dim", "positions", "position", "embd", "model"}
+            sizes = [k for k, v in sorted(known.items()) if isinstance(v, int) and not isinstance(v, bool)
+                     and (k.startswith("n_") or words & set(k.split("_")))]
             raise UserError(f"unknown config key {key!r} for {config.model_type}; size keys are: {', '.join(sizes)}")
         setattr(config, key, _check_type(key, known.get(key, getattr(config, key, None)), value))
     config._attn_implementation = attn

@@ -104,6 +104,14 @@ def test_override_errors(overrides, match):
         backbones.make_config(backbones.get("opt-125m"), overrides)
 
 
+def test_unknown_key_suggests_size_keys():
+    with pytest.raises(UserError) as exc:
+        backbones.make_config(backbones.get("opt-125m"), {"num_layers": 3})
+    msg = str(exc.value)
+    assert "num_hidden_layers" in msg and "hidden_size" in msg and "ffn_dim" in msg
+    assert "bos_token_id" not in msg and "layer_norm_elementwise_affine" not in msg
+
+
 def test_override_applies_and_changes_memory():
     model, ov = tiny("opt", layers=2)
     base = profile(model, "full", batch_size=1, seq_len=8, device="fake", overrides=ov)
