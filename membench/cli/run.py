@@ -67,6 +67,8 @@ def print_result(result) -> None:
 def run(
     model: str = typer.Option(None, "--model", "-m", help="named model (see `membench list`)"),
     method: str = typer.Option("full", "--method", help="method, optionally with modifiers: lora, full+ckpt"),
+    checkpointing: bool = typer.Option(False, "--checkpointing",
+                                       help="gradient checkpointing (non-reentrant) of every layer: METHOD+ckpt"),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="sequences per step"),
     seq_len: int = typer.Option(512, "--seq-len", "-s", help="tokens per sequence"),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16, fp16 or fp64"),
@@ -89,6 +91,8 @@ def run(
     if out is not None and out.parent and not out.parent.exists():
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     overrides = backbones.parse_overrides(override)
+    if checkpointing and "ckpt" not in method.split("+"):
+        method += "+ckpt"
     with status("profiling") as say:
         result = profile(model, method, batch_size=batch_size, seq_len=seq_len, dtype=dtype, device=device,
                          attn=attn, overrides=overrides, method_options=parse_options(option),

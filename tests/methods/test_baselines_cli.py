@@ -24,3 +24,16 @@ def test_list_verbose_unknown_model_is_a_user_error(cli):
     code, out, err = cli("list", "--verbose", "--model", "nope")
     assert code == 2 and "unknown model 'nope'" in out + err
     assert "models (shipped configs" not in out  # fails before printing anything
+
+
+def test_run_checkpointing_flag_adds_the_modifier(cli, tmp_path):
+    from membench.backbones.tiny import tiny_overrides
+    from membench.result import RunResult
+
+    sets = [a for k, v in tiny_overrides("opt").items() for a in ("--override", f"{k}={v}")]
+    out = tmp_path / "r.json"
+    code, stdout, _ = cli("run", "-m", "opt-125m", *sets, "--method", "lora", "--checkpointing", "-b", "2",
+                          "-s", "16", "--device", "fake", "--out", str(out))
+    assert code == 0, stdout
+    res = RunResult.load(str(out))
+    assert res.method == "lora+ckpt" and res.recompute_bytes > 0
