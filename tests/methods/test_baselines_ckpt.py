@@ -87,3 +87,15 @@ def test_fake_matches_cpu_with_checkpointing():
         cpu = profile(FAMILY_MODELS[family], "prefix+ckpt", batch_size=B, seq_len=S, device="cpu", overrides=ov)
         assert [(r.activation_bytes, r.recompute_bytes) for r in fake.layers] == \
                [(r.activation_bytes, r.recompute_bytes) for r in cpu.layers]
+
+
+@pytest.mark.parametrize("family", ["bert", "opt"])
+def test_fake_equals_cpu_for_every_baseline_bf16(family):
+    """The fake backend predicts the CPU run to the byte: per layer (forward and recompute) and the peak."""
+    for method in ("houlsby", "pfeiffer", "prefix", "ia3", "bitfit", "houlsby+ckpt"):
+        kw = dict(batch_size=2, seq_len=12, dtype="bf16", overrides=overrides(family, method))
+        fake = profile(FAMILY_MODELS[family], method, device="fake", **kw)
+        cpu = profile(FAMILY_MODELS[family], method, device="cpu", **kw)
+        assert [(r.name, r.activation_bytes, r.recompute_bytes) for r in fake.layers] == \
+               [(r.name, r.activation_bytes, r.recompute_bytes) for r in cpu.layers], method
+        assert fake.peak_activation_bytes == cpu.peak_activation_bytes, method
