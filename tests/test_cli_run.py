@@ -14,6 +14,14 @@ import torch
 from membench.backbones.tiny import tiny_overrides
 
 
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Tables are checked for their text: do not let a narrow $COLUMNS wrap the cells."""
+    from membench.cli import format as fmt
+
+    monkeypatch.setattr(fmt.console, "width", 200)
+
+
 def tiny_args(family="opt", **kw):
     return [a for k, v in tiny_overrides(family, **kw).items() for a in ("--override", f"{k}={v}")]
 
@@ -140,3 +148,21 @@ def test_console_script_subprocess(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: unknown model 'nope'; known models:")
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_table_shows_cuda_figures_and_nvml_unavailable(capsys):
+    """What `membench run --device cuda` prints, on a result with allocator figures and no NVML."""
+    from conftest import tiny
+
+    from membench import profile
+    from membench.cli.run import print_result
+
+    model, ov = tiny("opt", layers=1)
+    r = profile(model, "full", batch_size=1, seq_len=8, device="fake", overrides=ov)
+    r.cuda = {"max_allocated_bytes": 3 * 2**30, "max_reserved_bytes": 4 * 2**30,
+              "paper_activation_bytes": 2**30}
+    r.nvml = {"available": False, "reason": "NVMLError_LibraryNotFound: NVML Shared Library Not Found"}
+    print_result(r)
+    out = capsys.readouterr().out
+    assert "CUDA max allocated" in out and "3.00 GiB" in out and "1.00 GiB" in out
+    assert "NVML device used (peak)" in out and "unavailable" in out
