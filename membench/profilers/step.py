@@ -117,8 +117,10 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
         grads = [p.grad for p in trainable if p.grad is not None]
         with phase("optimizer"):
             opt.step()
-        loss_value = float(loss.detach()) if read_loss else None
-        del out, loss
+            # a training loop drops the outputs (logits) before the next step: release them inside the
+            # phase, so that what stays allocated after it is weights, gradients and optimizer state
+            loss_value = float(loss.detach()) if read_loss else None
+            del out, loss
     state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
 
     report = ledger.report()
