@@ -10,7 +10,8 @@ import torch
 from membench.backbones.tiny import FAMILY_MODELS, tiny_overrides
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# tiny models are overhead-bound: one thread is fastest, and CI has only 2 cores
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -90,6 +90,17 @@ def _check_type(key: str, old, new):
     return new
 
 
+def _derive_head_dim(config, overrides: dict) -> None:
+    """Llama-style configs store head_dim; a what-if on hidden size or heads must move it too."""
+    if "head_dim" in overrides or getattr(config, "head_dim", None) is None:
+        return
+    if {"hidden_size", "num_attention_heads"} & set(overrides):
+        heads = config.num_attention_heads
+        if config.hidden_size % heads:
+            raise UserError(f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads {heads}")
+        config.head_dim = config.hidden_size // heads
+
+
 def make_config(backbone: Backbone | None, overrides: dict | None = None, attn: str = "sdpa",
                 pretrained: str | None = None):
     """The transformers config for a named model (or a local checkpoint), with overrides applied."""
@@ -121,6 +132,7 @@ def make_config(backbone: Backbone | None, overrides: dict | None = None, attn: 
                      and (k.startswith("n_") or words & set(k.split("_")))]
             raise UserError(f"unknown config key {key!r} for {config.model_type}; size keys are: {', '.join(sizes)}")
         setattr(config, key, _check_type(key, known.get(key, getattr(config, key, None)), value))
+    _derive_head_dim(config, overrides or {})
     config._attn_implementation = attn
     fam = family_for(config.model_type)
     if fam.task == "classification" and not getattr(config, "num_labels", None):

@@ -14,6 +14,8 @@ class LoraOptions(MethodConfig):
     alpha: int = 8
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=list)
+    # peft keeps adapter weights in fp32 under a bf16/fp16 base (its default): more activation bytes
+    autocast_adapter_dtype: bool = True
 
 
 def peft_task_type(family) -> str:
@@ -36,4 +38,4 @@ class Lora(Method):
 
         config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                             target_modules=list(cfg.target_modules), task_type=peft_task_type(family))
-        return get_peft_model(model, config)
+        return get_peft_model(model, config, autocast_adapter_dtype=cfg.autocast_adapter_dtype)
