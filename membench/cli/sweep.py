@@ -251,6 +251,13 @@ def sweep(
                        ray_address=pick(ray_address, "ray_address", None),
                        start_method=pick(start_method, "start_method", None))
     t0 = time.monotonic()
+    import signal
+    import threading
+
+    def _terminate(signum, frame):  # SIGTERM stops like Ctrl-C: runs in flight are killed, stored runs stay
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         summary = run_sweep(specs, db=db_path, executor=ex, timeout=run_timeout, rerun=rerun, early_stop=stop,
                             sweep=sweep_name, progress=RichProgress(progress))
@@ -258,6 +265,13 @@ def sweep(
         if config is not None:
             raise UserError(_locate(str(exc), Path(config), file, _where)) from None
         raise
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: the runs in flight were stopped; every finished run is in {db_path}. "
+                          "Run the same command again to resume.")
+        raise
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
     table = summary_table(db_path, [s.key() for s in specs], budget_bytes)
     if table is not None:
         console.print(table)

@@ -182,7 +182,7 @@ class LocalExecutor(Executor):
     def submit(self, spec: RunSpec, timeout: float | None) -> None:
         spec_path, out, log = self._paths()
         if self.start_method == "forkserver":
-            handle = self._launch("child", [spec.to_dict(), str(out), str(log), None])
+            handle = self._launch("child", [spec.to_dict(), str(out), str(log), None, os.getpid()])
         else:
             spec_path.write_text(json.dumps(spec.to_dict()))
             handle = self._spawn([str(spec_path), str(out), str(log)], log)

@@ -109,6 +109,37 @@ def _die_with_parent() -> None:
         pass
 
 
+def _watch_driver(pid: int | None) -> None:
+    """Kill this run when the sweep's driver process dies (a forked run's parent is the forkserver,
+    which outlives the driver while any run holds its pipe)."""
+    if not pid:
+        return
+    import signal
+    import threading
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            import select
+
+            select.select([fd], [], [])  # readable once the driver has exited
+        else:
+            while True:
+                time.sleep(0.5)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="membench-driver-watch", daemon=True).start()
+
+
 def _redirect(log_path: str | None) -> None:
     if not log_path:
         return
@@ -127,11 +158,13 @@ def write_record(record: dict[str, Any], out_path: str) -> None:
     os.replace(tmp, out_path)
 
 
-def child(spec: dict[str, Any], out_path: str, log_path: str | None = None, parent_pid: int | None = None) -> None:
+def child(spec: dict[str, Any], out_path: str, log_path: str | None = None, parent_pid: int | None = None,
+          driver_pid: int | None = None) -> None:
     """Entry of a forked/spawned run process: run, write the record, exit."""
     _die_with_parent()
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(3)  # the parent died before the death signal was armed
+    _watch_driver(driver_pid)
     _redirect(log_path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     write_record(execute(spec), out_path)
@@ -191,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with open(argv[0]) as f:
         spec = json.load(f)
-    child(spec, argv[1], argv[2] if len(argv) == 3 else None)
+    child(spec, argv[1], argv[2] if len(argv) == 3 else None, parent_pid=os.getppid())
     return 0
 
 

@@ -73,9 +73,9 @@ def _alive(pid: int) -> bool:
 
 def test_sigkill_mid_sweep_then_resume(tmp_path):
     db = tmp_path / "kill.db"
-    # every run sleeps 1 s in its forward, so the kill lands while a run is in flight
-    cmd = sweep_cmd(db, "--methods", "hangtest", "--batch-sizes", "1,2,3", "--option", "hangtest.at=1",
-                    "--option", "hangtest.seconds=1")
+    # batch 1 runs; batch 2 hangs in its forward, so the kill lands while it is in flight
+    cmd = sweep_cmd(db, "--methods", "hangtest", "--batch-sizes", "1,2,3", "--option", "hangtest.at=2",
+                    "--option", "hangtest.seconds=120")
     proc = subprocess.Popen(cmd, env=env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     stored = 0
@@ -88,8 +88,13 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
                 except sqlite3.OperationalError:
                     stored = 0
             if stored >= 1:
-                for c in _children(proc.pid):
-                    descendants += [c, *_children(c)]
+                # wait until batch 2 is in flight: a child of the driver's forkserver
+                t1 = time.monotonic()
+                while time.monotonic() - t1 < 20:
+                    descendants = [d for c in _children(proc.pid) for d in (c, *_children(c))]
+                    if len(descendants) >= 3:
+                        break
+                    time.sleep(0.1)
                 break
             time.sleep(0.1)
         assert proc.poll() is None, f"sweep ended before it could be killed: {proc.stderr.read()}"
@@ -100,15 +105,16 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
             proc.kill()
         proc.stderr.close()
     assert descendants, "the sweep's run processes were not found"
-    assert 1 <= stored < 3
+    assert stored == 1
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
     before = results.load(db)
-    assert 1 <= len(before) < 3 and (before["status"] == "ok").all()
-    # the forkserver and the run in flight die with the driver (no orphans)
+    assert len(before) == 1 and (before["status"] == "ok").all()
+    # the forkserver and the (hanging) run in flight die with the driver: no orphans
+    assert len(descendants) >= 3  # resource tracker, forkserver, the run
     t0 = time.monotonic()
-    while any(_alive(p) for p in descendants) and time.monotonic() - t0 < 15:
+    while any(_alive(p) for p in descendants) and time.monotonic() - t0 < 10:
         time.sleep(0.2)
     assert not [p for p in descendants if _alive(p)]
 
