@@ -156,9 +156,14 @@ class LocalExecutor(Executor):
     def _spawn(self, argv: list[str], log: Path | None = None) -> subprocess.Popen:
         env = dict(os.environ)
         env.setdefault("HF_HUB_OFFLINE", "1")
-        return subprocess.Popen([sys.executable, "-m", "membench.sweep.worker", *argv], env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=open(log, "ab") if log else subprocess.DEVNULL)  # noqa: SIM115
+        err = open(log, "ab") if log else None  # noqa: SIM115 - closed below, the child keeps its copy
+        try:
+            return subprocess.Popen([sys.executable, "-m", "membench.sweep.worker", *argv], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err if err is not None else subprocess.DEVNULL)
+        finally:
+            if err is not None:
+                err.close()
 
     # -- interface ----------------------------------------------------------
     def preflight(self, specs: list[RunSpec]) -> list[str]:
