@@ -166,3 +166,20 @@ def test_table_shows_cuda_figures_and_nvml_unavailable(capsys):
     out = capsys.readouterr().out
     assert "CUDA max allocated" in out and "3.00 GiB" in out and "1.00 GiB" in out
     assert "NVML device used (peak)" in out and "unavailable" in out
+
+
+def test_run_pretrained_folder(cli, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from membench import backbones
+    from membench.backbones.tiny import tiny_overrides
+
+    cfg = backbones.make_config(backbones.get("bert-base"), tiny_overrides("bert", layers=1))
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "r.json"
+    code, stdout, stderr = cli("run", "--pretrained", str(tmp_path / "ckpt"), "-b", "1", "-s", "8",
+                               "--device", "cpu", "--out", str(out))
+    assert code == 0, stderr
+    d = json.loads(out.read_text())
+    assert d["model"] == str(tmp_path / "ckpt") and d["provenance"]["pretrained"] == str(tmp_path / "ckpt")
+    assert [row["name"] for row in d["layers"]][:2] == ["embeddings", "layers.0"]
