@@ -97,7 +97,8 @@ def results(
     table = Table(title=" · ".join(title))
     for header, _ in cols:
         table.add_column(header, justify="right" if header in ("id", "batch", "seq") else "left",
-                         no_wrap=header not in ("model", "method"))
+                         no_wrap=header not in ("model", "method"),
+                         min_width=8 if header in ("model", "method") else None)
     for row in df.itertuples(index=False):
         r = row._asdict()
         table.add_row(*(cell(r) for _, cell in cols))
