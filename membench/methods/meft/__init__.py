@@ -29,6 +29,13 @@ class _Meft(Method):
 
     def apply(self, model, family, cfg: MeftOptions):
         opts = dataclasses.replace(cfg, variant=self.name).resolved(family)
+        config = getattr(model, "config", None)
+        for key in ("layerdrop", "encoder_layerdrop", "decoder_layerdrop"):
+            if (getattr(config, key, 0.0) or 0.0) > 0:
+                from ...errors import UserError
+
+                raise UserError(f"{self.name}: {key}={getattr(config, key)} would skip layers of a reversible "
+                                f"stack; set --override {key}=0")
         for p in model.parameters():
             p.requires_grad_(False)
         install(model, family, opts)
