@@ -65,6 +65,11 @@ def autocast_context(device_type: str, state):
     return torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache)
 
 
+def _unscale(diff: torch.Tensor, scale: float) -> torch.Tensor:
+    """diff / scale, in place on the fresh difference (no extra temporary)."""
+    return diff if scale == 1.0 else diff.div_(scale)
+
+
 class StackCall:
     """Everything one call of the reversible stack needs: couplings, per-call inputs, parameters."""
 
@@ -173,17 +178,23 @@ class ReversibleStack(torch.autograd.Function):
             s_f, s_g = ctx.states[i]
             g, grads = recompute(c.G, y1, s_g, dy2, call.params[i])
             accumulate(grads, i)
-            dy1 = dy1 + grads[0] if grads[0] is not None else dy1
-            x2 = ckpts[i][1] if i in ckpts else (y2 - g) / c.beta
+            if grads[0] is not None:
+                dy1 = dy1 + grads[0]
+            x2 = ckpts[i][1] if i in ckpts else _unscale(y2 - g, c.beta)
+            del g
             f, grads = recompute(c.F, x2, s_f, dy1, call.params[i])
             accumulate(grads, i)
-            x1 = ckpts[i][0] if i in ckpts else (y1 - f) / c.lam
-            dx1 = c.lam * dy1
-            dx2 = c.beta * dy2 + grads[0] if grads[0] is not None else c.beta * dy2
+            x1 = ckpts[i][0] if i in ckpts else _unscale(y1 - f, c.lam)
+            del f
+            dx1 = dy1 if c.lam == 1.0 else c.lam * dy1
+            if grads[0] is None:
+                dx2 = dy2 if c.beta == 1.0 else c.beta * dy2
+            else:
+                dx2 = torch.add(grads[0], dy2, alpha=c.beta)
             if trace is not None:
                 trace.setdefault("recon", {})[i] = (x1.detach().clone(), x2.detach().clone())
             y1, y2, dy1, dy2 = x1, x2, dx1, dx2
-            del g, f, grads
+            del grads
         dh = (dy1 + dy2).to(ctx.h_dtype)
         flat = [g for gs in param_grads for g in gs]
         return (None, dh, *ctx_grads, *flat)

@@ -72,9 +72,22 @@ def test_checkpoints_and_fp64_streams_cost_what_the_docs_say():
     assert fp64 - base == 2 * hidden  # the two saved streams in fp64 instead of fp32
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fake_backend_matches_cpu(family):
+    """Fake tensors (no data-dependent control flow, RNG capture works) give the CPU run's bytes."""
+    method = ROTATE[family]
+    fake, cpu = _run(family, method, 2, device="fake"), _run(family, method, 2, device="cpu")
+    assert fake.recompute_bytes == cpu.recompute_bytes > 0
+    for name, nbytes in cpu.layer_bytes.items():
+        extra = fake.layer_bytes[name] - nbytes
+        # Known fake-tensor artefact (profiling-notes): BART's decoder gets a dense 4-D bool causal mask
+        # under fake tensors where the real run passes None; the stack keeps its per-call inputs for the
+        # recompute, so the mask (b x 1 x s x s bytes) shows on the stack's first row.
+        allowed = B * S * S if (family == "bart" and name == "decoder.0") else 0
+        assert extra in (0, allowed), (name, extra)
+
+
 def test_fake_backend_runs_bf16():
-    res = _run("opt", "meft3", 2, device="fake", options=None)
-    assert res.activation_bytes > 0 and res.peak_activation_bytes > 0
-    res = profile("opt-125m", "meft2", batch_size=2, seq_len=16, dtype="bf16", device="fake",
+    res = profile("opt-125m", "meft3", batch_size=2, seq_len=16, dtype="bf16", device="fake",
                   overrides=tiny_overrides("opt", layers=2))
-    assert res.num_trainable_params > 0
+    assert res.num_trainable_params > 0 and res.peak_phase == "backward"

@@ -194,29 +194,48 @@ def test_padded_batches_replay_masks(family, variant):
     assert not math.isclose(rev[0].item(), unpadded_loss.item(), rel_tol=1e-9)
 
 
-AUTOCAST_TOL = 2e-3
+def _recon_error(rev, plain) -> float:
+    """Largest relative error of the reconstructed layer inputs against the plain run's forward values."""
+    out = 0.0
+    for name, tr in plain[2].items():
+        recon = rev[2][name]["recon"]
+        out = max(out, *(max(rel(recon[i][0], tr["inputs"][i][0]), rel(recon[i][1], tr["inputs"][i][1]))
+                         for i in recon))
+    return out
 
 
-@pytest.mark.parametrize("family,variant", matrix(["bert", "opt", "llama"],
-                                                  fast={("bert", "meft2"), ("opt", "meft3"), ("llama", "meft1")}))
+def _global_grad_error(rev, plain) -> float:
+    names = sorted(plain[1])
+    return rel(torch.cat([rev[1][n].reshape(-1) for n in names]), torch.cat([plain[1][n].reshape(-1) for n in names]))
+
+
+@pytest.mark.parametrize("family,variant", matrix())
 def test_bf16_autocast_recompute_uses_forward_autocast(family, variant, monkeypatch):
-    """fp32 weights, forward under CPU bf16 autocast, backward outside it (as AMP does).
+    """fp32 weights, forward under CPU bf16 autocast, backward outside it (as AMP does), lam = beta = 1
+    (no 1/lam amplification).
 
-    Tolerance 2e-3 relative, about half of bf16's epsilon (2^-8 = 3.9e-3), at lam = beta = 1 (no 1/lam
-    amplification): a recompute that ran in fp32 instead of bf16 differs from the forward by bf16
-    rounding in every op (measured 4.5e-3 .. 6e-2, the negative control below); with the forward's
-    autocast re-entered, the only difference left is the fp32 reconstruction error (~1e-7) flipping an
-    occasional bf16 rounding (measured <= 1.4e-4).
+    What is compared, and why these tolerances:
+    - the reconstructed layer inputs. If the recompute runs under the forward's autocast, F and G give
+      the forward's values up to the fp32 reconstruction error (~1e-7), which can flip an occasional bf16
+      rounding (measured <= 2.2e-4 over every family/variant, seeds 0-1). If it ran in fp32 instead,
+      every op differs by bf16 rounding (measured 5e-5 .. 2e-2: post-LN models renormalise much of it
+      away). So: positive <= 1e-3 (a quarter of bf16's epsilon 2^-8 = 3.9e-3), and the negative control
+      (autocast not re-entered) at least 10x worse on the same model (measured 40x .. 20000x).
+    - all gradients together: bf16 backward matmuls re-round incoming gradients, so fp32 sums taken in
+      another order than plain autograd's can flip bf16 roundings of a few gradient elements (measured
+      <= 1.0e-3 relative over all parameters); bound 2e-3, half a bf16 ulp.
     """
     model, fam, config = make(family, variant, 3, dtype="fp32", options={"lam": 1.0, "beta": 1.0})
     data = batch(fam, config)
     with plain_autograd(model):
         plain = step(model, data, autocast=torch.bfloat16)
-    gerr, ierr = max_errors(step(model, data, autocast=torch.bfloat16), plain)
-    assert max(gerr, ierr) <= AUTOCAST_TOL
+    rev = step(model, data, autocast=torch.bfloat16)
+    good = _recon_error(rev, plain)
+    assert good <= 1e-3
+    assert _global_grad_error(rev, plain) <= 2e-3
     monkeypatch.setattr(reversible, "autocast_state", lambda device_type: None)
-    gerr, ierr = max_errors(step(model, data, autocast=torch.bfloat16), plain)
-    assert max(gerr, ierr) > AUTOCAST_TOL, "negative control: recompute without autocast must differ"
+    bad = _recon_error(step(model, data, autocast=torch.bfloat16), plain)
+    assert bad > 10 * good, f"negative control: recompute without autocast must differ ({bad:.1e} vs {good:.1e})"
 
 
 @pytest.mark.parametrize("family", [f if f in ("opt", "bart") else pytest.param(f, marks=pytest.mark.slow)
