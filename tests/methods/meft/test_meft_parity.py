@@ -288,3 +288,18 @@ def test_bad_options_are_user_errors():
                  {"plain_top": 1, "reversible": 2}):
         with pytest.raises(UserError):
             make("opt", "meft1", 2, options=opts)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["opt", "bert"])
+def test_cuda_dropout_parity_and_rng_state(family):
+    """On CUDA the device generator's state is captured and restored too (and left as plain autograd leaves it)."""
+    model, fam, config = make(family, "meft1", 3, dtype="fp64", dropout=True, device="cuda")
+    data = {k: v.cuda() for k, v in batch(fam, config).items()}
+    rev = step(model, data)
+    cuda_rev = torch.cuda.get_rng_state()
+    with plain_autograd(model):
+        plain = step(model, data)
+    assert torch.equal(cuda_rev, torch.cuda.get_rng_state())
+    gerr, ierr = max_errors(rev, plain)
+    assert gerr <= BOUND and ierr <= BOUND, (gerr, ierr)
