@@ -41,10 +41,14 @@ class MeftLayer(nn.Module):
         object.__setattr__(self, "_stack", None)
 
     def __getattr__(self, name):
+        """Attributes HF reads off its layers (e.g. `attention_type`) come from the wrapped layer."""
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["layer"], name)
+            modules = self.__dict__.get("_modules")
+            if modules is None or "layer" not in modules or name.startswith("__"):
+                raise
+            return getattr(modules["layer"], name)
 
     def forward(self, hidden, *args, **kwargs):
         stack: MeftStack = self.__dict__["_stack"]
