@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from membench.backbones.tiny import FAMILY_MODELS, tiny_overrides
+from membench.backbones.tiny import FAMILY_MODELS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # tiny models are overhead-bound: one thread is fastest, and CI has only 2 cores
@@ -26,11 +26,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(params=sorted(FAMILY_MODELS))
 def family_name(request) -> str:
     return request.param
-
-
-def tiny(family: str, **kw) -> tuple[str, dict]:
-    """(named model, overrides) for a tiny model of `family`."""
-    return FAMILY_MODELS[family], tiny_overrides(family, **kw)
 
 
 @pytest.fixture

@@ -152,9 +152,8 @@ def test_console_script_subprocess(tmp_path):
 
 def test_table_shows_cuda_figures_and_nvml_unavailable(capsys):
     """What `membench run --device cuda` prints, on a result with allocator figures and no NVML."""
-    from conftest import tiny
-
     from membench import profile
+    from membench.backbones.tiny import tiny
     from membench.cli.run import print_result
 
     model, ov = tiny("opt", layers=1)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny
+
+from membench.backbones.tiny import tiny
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_validate.py"
 

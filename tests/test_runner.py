@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from conftest import tiny
 from torch import nn
 
 from membench import LayerRow, RunResult, UserError, profile, profile_module
+from membench.backbones.tiny import tiny
 
 REQUIRED_KEYS = {"model", "method", "batch_size", "seq_len", "dtype", "device", "activation_bytes",
                  "peak_activation_bytes", "param_bytes", "trainable_param_bytes", "grad_bytes",

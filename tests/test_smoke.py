@@ -1,6 +1,5 @@
-from conftest import tiny
-
 from membench import profile
+from membench.backbones.tiny import tiny
 
 
 def test_every_family_profiles_on_fake_and_cpu(family_name):

@@ -30,3 +30,8 @@ def tiny_overrides(family: str, layers: int = 2, hidden: int = 32, heads: int = 
 # one representative named model per family (tests parametrize over these)
 FAMILY_MODELS = {"bert": "bert-base", "roberta": "roberta-base", "bart": "bart-base", "opt": "opt-125m",
                  "gpt2": "gpt2", "llama": "llama-2-7b"}
+
+
+def tiny(family: str, **kw) -> tuple[str, dict]:
+    """(named model, overrides) for a tiny model of `family`, e.g. tiny("opt") -> ("opt-125m", {...})."""
+    return FAMILY_MODELS[family], tiny_overrides(family, **kw)

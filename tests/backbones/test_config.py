@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny
 
 from membench import UserError, backbones, dtypes, profile
-from membench.backbones.tiny import FAMILY_MODELS
+from membench.backbones.tiny import FAMILY_MODELS, tiny
 
 # ---- dtypes ---------------------------------------------------------------------------------
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import tiny
 
 from membench import profile
+from membench.backbones.tiny import tiny
 
 CASES = list(itertools.product(("bert", "opt"), ("fp32", "bf16"), ("eager", "sdpa"), ("full", "lora")))
 

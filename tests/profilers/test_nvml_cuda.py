@@ -73,9 +73,8 @@ def test_nvml_sampler_records_peak_per_phase(monkeypatch):
 
 
 def test_cpu_run_reports_no_cuda_and_no_nvml():
-    from conftest import tiny
-
     from membench import profile
+    from membench.backbones.tiny import tiny
 
     model, ov = tiny("opt")
     r = profile(model, "full", batch_size=1, seq_len=8, device="cpu", overrides=ov)
@@ -84,9 +83,8 @@ def test_cpu_run_reports_no_cuda_and_no_nvml():
 
 @pytest.mark.gpu
 def test_cuda_allocator_stats_and_ledger_agree_roughly(tmp_path):
-    from conftest import tiny
-
     from membench import profile
+    from membench.backbones.tiny import tiny
 
     model, ov = tiny("opt", layers=2, hidden=64)
     snap = tmp_path / "snap.pickle"
