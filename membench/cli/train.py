@@ -33,7 +33,7 @@ def train(
                                    "[default: min(limit, 1000)]"),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     lr: float = typer.Option(None, "--lr", help="peak learning rate [default: 5e-5 if >10% of weights train, "
-                             "else 1e-3]"),
+                             "else 5e-3]"),
     weight_decay: float = typer.Option(0.01, "--weight-decay"),
     warmup_ratio: float = typer.Option(0.06, "--warmup-ratio", help="share of steps with linear warmup"),
     max_length: int = typer.Option(64, "--max-length", "--seq-len", "-s", help="max tokens per example (truncation)"),

@@ -350,7 +350,10 @@ def training_curves(data) -> list[Figure]:
         axes[1].set_xlabel("epoch")
         axes[1].set_ylabel("validation accuracy")
         axes[1].set_title("validation accuracy per epoch")
-        axes[1].xaxis.get_major_locator().set_params(integer=True)
+        epochs = sorted(sub[sub["name"] == "val_accuracy"]["step"].unique())
+        if 0 < len(epochs) <= 20:
+            axes[1].set_xticks(epochs)
+            axes[1].set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
         title = f"Training curves ({task}): {model}, {_where(dev, dtype)}"
         fig.suptitle(wrap(title, 120))

@@ -120,11 +120,10 @@ def test_profiling_does_not_change_the_training_run():
 @needs_data
 @pytest.mark.slow
 def test_training_learns_on_a_slightly_bigger_run():
-    """Full fine-tuning of 2 MiniLM layers on 256 sentences beats the majority class on 256 test sentences."""
+    """LoRA (default PEFT lr) on 1,280 sentences beats the majority class on 300 test sentences."""
     from membench.train import run_training
 
-    out = run_training(dict(limit=256, eval_limit=256, batch_size=16, epochs=2, overrides={"num_hidden_layers": 2},
-                            method="full", lr=1e-4, profile_memory=False))
+    out = run_training(dict(limit=1280, eval_limit=300, batch_size=32, method="lora", profile_memory=False))
     losses = [v for _, v in out.series["train_loss"]]
-    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8  # the loss goes down
-    assert out.metrics["accuracy"] > out.metrics["majority_accuracy"] + 0.03, out.metrics
+    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8 - 0.03, losses  # the loss goes down
+    assert out.metrics["accuracy"] > out.metrics["majority_accuracy"] + 0.05, out.metrics
