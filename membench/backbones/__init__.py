@@ -10,6 +10,7 @@ import json
 from functools import cache
 from importlib import resources
 
+from ..assignments import parse_assignments
 from ..errors import UserError
 from .bart import BartFamily
 from .base import Backbone, Family
@@ -55,19 +56,7 @@ def get(name: str) -> Backbone:
 
 def parse_overrides(items) -> dict[str, object]:
     """['num_hidden_layers=2', 'hidden_act=relu'] -> typed dict (values parsed as JSON when they can be)."""
-    out: dict[str, object] = {}
-    for item in items or ():
-        if "=" not in item:
-            raise UserError(f"bad override {item!r}: expected KEY=VALUE, e.g. num_hidden_layers=24")
-        key, raw = (s.strip() for s in item.split("=", 1))
-        if not key:
-            raise UserError(f"bad override {item!r}: empty key")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key] = value
-    return out
+    return parse_assignments(items)
 
 
 def _check_type(key: str, old, new):

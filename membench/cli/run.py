@@ -7,19 +7,15 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..assignments import parse_assignments
 from ..errors import UserError
 from . import app
 from .format import console, human_bytes, status
 
 
 def parse_options(items: list[str] | None) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UserError(f"bad --option {item!r}: expected KEY=VALUE, e.g. r=16")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    """`--option KEY=VALUE` (repeatable) -> {KEY: "VALUE"}; each method coerces its own values."""
+    return parse_assignments(items, flag="--option", example="r=16", json_values=False)
 
 
 def print_result(result) -> None:

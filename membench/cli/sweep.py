@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..assignments import parse_assignments
 from ..errors import UserError
 from . import app
 from .format import console, err_console, human_bytes
@@ -132,7 +133,7 @@ def summary_table(db: str, keys: list[str], budget: int | None = None) -> Table 
     from ..results import load
 
     df = load(db)
-    df = df[df["key"].isin(keys)]
+    df = df[df["key"].isin(keys) & (df["kind"] == "memory")]
     if df.empty:
         return None
     title = f"sweep results ({len(df)} runs in {db})"
@@ -161,6 +162,43 @@ def summary_table(db: str, keys: list[str], budget: int | None = None) -> Table 
             fits = [int(r["batch_size"]) for _, r in ok.iterrows() if (_peak(r) or 0) <= budget]
             row.append(f"[green]{max(fits)}[/]" if fits else "[red]none[/]")
         table.add_row(*row)
+    return table
+
+
+def train_table(db: str, keys: list[str]) -> Table | None:
+    """The sweep's training runs: accuracy against memory, the points of the report's Pareto plot."""
+    if not keys:
+        return None
+    from ..report.data import add_labels
+    from ..results import load
+
+    df = load(db)
+    df = df[df["key"].isin(keys)].copy()
+    if df.empty:
+        return None
+    add_labels(df)
+    table = Table(title=f"training runs ({len(df)} in {db}; `membench report` draws memory vs accuracy)")
+    for col, just in (("task", "left"), ("model", "left"), ("method", "left"), ("status", "left"),
+                      ("test acc.", "right"), ("majority", "right"), ("est. peak", "right"),
+                      ("activations", "right"), ("step time", "right"), ("run time", "right")):
+        table.add_column(col, justify=just)
+    style = {"ok": "green", "oom": "yellow", "failed": "red", "timeout": "red"}
+
+    def num(row, col, fmt):
+        v = row.get(col)
+        try:
+            return "-" if v is None or v != v else fmt(v)
+        except (TypeError, ValueError):
+            return "-"
+
+    for _, r in df.sort_values(["task", "model_label", "method_label"]).iterrows():
+        table.add_row(str(r["task"]), str(r["model_label"]), str(r["method_label"]),
+                      f"[{style.get(r['status'], 'white')}]{r['status']}[/]",
+                      num(r, "accuracy", lambda v: f"{v:.3f}"), num(r, "majority_accuracy", lambda v: f"{v:.3f}"),
+                      num(r, "estimated_peak_bytes", lambda v: human_bytes(int(v))),
+                      num(r, "peak_activation_bytes", lambda v: human_bytes(int(v))),
+                      num(r, "step_time_s", lambda v: f"{v * 1000:.0f} ms"),
+                      num(r, "wall_s", lambda v: f"{v:.1f} s"))
     return table
 
 
@@ -193,6 +231,7 @@ def sweep(
                                                       "batch whose peak fits"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and what is already stored, run nothing"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
+    train: bool = typer.Option(True, "--train/--no-train", help="run the experiment file's [train] runs"),
 ) -> None:
     """Run a grid of models x methods x sequence lengths x batch sizes x dtypes, one process per run."""
     from ..results import DEFAULT_DB
@@ -206,20 +245,51 @@ def sweep(
         return cli_value if cli_value is not None else file.get(key, default)
 
     file_overrides = dict(file.get("overrides", {}))
-    overrides = {**file_overrides, **_parse_overrides(override)}
+    overrides = {**file_overrides, **parse_assignments(override)}
     opts = {m: dict(v) for m, v in file.get("method_options", {}).items()}
     for m, v in _method_options(option).items():
         opts.setdefault(m, {}).update(v)
-    grid = Grid(models=pick(_split(models, "--models"), "models", []),
+    train_specs = []
+    if "train" in file:  # expanded (and checked) even with --no-train: its methods' options are not the grid's
+        from ..sweep.spec import expand_train
+
+        text = Path(config).read_text(errors="replace")
+        train_specs = expand_train(file["train"], device=pick(device, "device") or default_device(),
+                                   seed=pick(seed, "seed", None), method_options=opts,
+                                   where=lambda k, t=None: _where(Path(config), text, k, t))
+    memory_axes = (models, methods, seq_lens, batch_sizes, *(file.get(k) for k in ("models", "methods", "seq_lens",
+                                                                                   "batch_sizes")))
+    if train_specs and all(v is None for v in memory_axes):  # a training-only experiment
+        specs = []
+        if opts:
+            trained = {s.method for s in train_specs} | {s.method.split("+")[0] for s in train_specs}
+            unused = sorted(set(opts) - trained)
+            if unused:
+                raise UserError(f"options given for method {unused[0]!r}, which is not trained "
+                                f"({', '.join(sorted({s.method for s in train_specs}))})")
+    else:
+        specs = None
+    trained = {s.method for s in train_specs} | {s.method.split("+")[0] for s in train_specs}
+    grid_methods = set(_split(methods, "--methods") or file.get("methods") or [])
+    grid_opts = {m: v for m, v in opts.items() if m in grid_methods or m.split("+")[0] in grid_methods
+                 or m not in trained}  # options only for trained methods are not the memory grid's business
+    grid = None if specs is not None else Grid(models=pick(_split(models, "--models"), "models", []),
                 methods=pick(_split(methods, "--methods"), "methods", []),
                 seq_lens=pick(_split(seq_lens, "--seq-lens", int), "seq_lens", []),
                 batch_sizes=pick(_split(batch_sizes, "--batch-sizes", int), "batch_sizes", []),
                 dtypes=pick(_split(dtypes, "--dtypes"), "dtypes", ["fp32"]),
                 device=pick(device, "device") or default_device(), attn=pick(attn, "attn", "sdpa"),
-                overrides=overrides, method_options=opts, tiny=bool(pick(tiny, "tiny", False)),
+                overrides=overrides, method_options=grid_opts, tiny=bool(pick(tiny, "tiny", False)),
                 seed=pick(seed, "seed", 0))
-    _check_models(grid.models)
-    specs = grid.expand()
+    if grid is not None:
+        _check_models(grid.models)
+        specs = grid.expand()
+    if not train:
+        train_specs = []
+        if not specs:
+            raise UserError("--no-train: the experiment has no memory grid (models, methods, seq_lens, "
+                            "batch_sizes) either; nothing to run")
+    specs = [*specs, *train_specs]
     db_path = str(pick(db, "db", DEFAULT_DB))
     check_db(db_path)
     stop = pick(early_stop, "early_stop", None)
@@ -242,7 +312,10 @@ def sweep(
         for col in ("model", "method", "batch", "seq", "dtype", "device", "stored"):
             table.add_column(col)
         for s in specs:
-            table.add_row(s.model, s.method, str(s.batch_size), str(s.seq_len), s.dtype, s.device,
+            method = s.method
+            if getattr(s, "kind", "memory") == "train":
+                method = f"train {s.method}" + (f" ({s.label_name})" if s.label_name not in ("", s.method) else "")
+            table.add_row(s.model, method, str(s.batch_size), str(s.seq_len), s.dtype, s.device,
                           stored.get(s.key(), ""))
         console.print(table)
         return
@@ -275,6 +348,9 @@ def sweep(
     table = summary_table(db_path, [s.key() for s in specs], budget_bytes)
     if table is not None:
         console.print(table)
+    table = train_table(db_path, [s.key() for s in train_specs])
+    if table is not None:
+        console.print(table)
     c = summary.counts
     console.print(f"{summary.total} runs: {summary.already_done} already stored, ran {sum(c.values())} in "
                   f"{time.monotonic() - t0:.1f} s: ok {c['ok']}, oom {c['oom']}, failed {c['failed']}, "
@@ -286,24 +362,6 @@ def sweep(
         err_console.print(f"[red]{r['status']}[/] {s.label}: {err[-1] if err else 'no error text'}")
     if bad:
         raise typer.Exit(1)
-
-
-def _parse_overrides(items: list[str] | None) -> dict:
-    """KEY=VALUE -> typed dict, like `membench run --override` (without importing the backbones)."""
-    import json
-
-    out: dict[str, object] = {}
-    for item in items or ():
-        if "=" not in item:
-            raise UserError(f"bad override {item!r}: expected KEY=VALUE, e.g. num_hidden_layers=24")
-        key, raw = (s.strip() for s in item.split("=", 1))
-        if not key:
-            raise UserError(f"bad override {item!r}: empty key")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def _check_models(models: list[str]) -> None:
