@@ -177,7 +177,8 @@ def _failed_table(data) -> str:
     if runs.empty:
         return ""
     rows = [[r["run_id"], r["kind"], r["status"], r["model_label"], r["method_label"], r["batch_size"],
-             r["seq_len"], r["dtype"], r["device_label"], (str(r["error"]) if not _isnull(r["error"]) else "")[:300]]
+             r["seq_len"], r["dtype"], r["device_label"],
+             (str(r["error"]) if not _isnull(r["error"]) else "")[-300:]]  # a traceback's tail names the error
             for _, r in runs.iterrows()]
     return _table(["run", "kind", "status", "model", "method", "batch", "seq", "dtype", "device", "error"], rows,
                   left={1, 2, 3, 4, 7, 8, 9})

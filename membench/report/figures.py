@@ -412,6 +412,8 @@ def error_kind(name: str) -> str | None:
         return "reconstruction error"
     if "grad" in n:
         return "gradient error"
+    if "start" in n and "gap" in n:  # `membench verify`: the starting point's distance from the pre-trained model
+        return "starting-point gap"
     return name
 
 
@@ -437,15 +439,24 @@ def verify_errors(data) -> list[Figure]:
         colors = _colors(set(labels.values()))
         for ax, panel in zip(axes[0], panels, strict=True):
             p = sub[sub["panel"] == panel]
+            pos = p["value"][p["value"] > 0]
+            log = len(pos) > 0 and float(pos.max()) > 10 * float(pos.min())  # less than a decade reads better linear
             for (rid, name), line in p.groupby(["run_id", "name"], sort=True):
                 line = line.sort_values("step")
                 extra = f" [{name}]" if p["name"].nunique() > 1 else ""
-                vals = line["value"].clip(lower=1e-18)
-                ax.plot(line["step"], vals, marker="o", ms=3.5, color=colors[labels[rid]],
+                if log:  # exact zeros (e.g. the bottom layer's starting-point gap) have no log position
+                    zero = line[line["value"] <= 0]
+                    line = line[line["value"] > 0]
+                    if len(zero):
+                        extra += f" (exactly 0 at layer {', '.join(str(int(k)) for k in zero['step'])})"
+                ax.plot(line["step"], line["value"], marker="o", ms=3.5, color=colors[labels[rid]],
                         label=labels[rid] + extra)
-            ax.set_yscale("log")
+            ax.set_yscale("log" if log else "linear")
+            if not log:
+                ax.set_ylim(0, max(float(p["value"].max()), 1e-30) * 1.15)
+                ax.ticklabel_format(axis="y", useOffset=False)
             ax.set_xlabel("layer (depth, 0 = bottom)")
-            ax.set_ylabel(f"relative {panel} (log scale)")
+            ax.set_ylabel(f"relative {panel}" + (" (log scale)" if log else ""))
             ax.set_title(f"{panel} by depth")
             ax.xaxis.get_major_locator().set_params(integer=True)
         axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method · dtype")
@@ -454,7 +465,9 @@ def verify_errors(data) -> list[Figure]:
         fig.tight_layout()
         figs.append(Figure(slug("verify", model, dev), "MEFT reconstruction and gradient error", title, fig,
                            "From `membench verify` runs: the error of the layer inputs MEFT reconstructs in "
-                           "backward, and of the gradients against plain autograd, per layer."))
+                           "backward, and of the gradients against plain autograd, per layer; where stored, the "
+                           "starting-point gap: how far the input each pre-trained layer sees at initialisation is "
+                           "from the unmodified model's."))
     return figs
 
 

@@ -16,6 +16,11 @@
 
     [options.lora]       # method options, per method
     r = 16
+
+    [train]              # training runs (membench train), for memory-vs-accuracy points
+    methods = ["full", "lora"]      # or [train.methods.NAME] tables with per-method hyper-parameters
+    epochs = 2
+    limit = 2000
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ LIST_KEYS = {"models": str, "methods": str, "seq_lens": int, "batch_sizes": int,
 SCALAR_KEYS = {"name": str, "device": str, "attn": str, "db": str, "timeout": (int, float), "early_stop": (str, bool),
                "executor": str, "ray_address": str, "jobs": int, "seed": int, "tiny": bool, "start_method": str,
                "budget": (str, int, float)}
-TABLE_KEYS = ("overrides", "options")
+TABLE_KEYS = ("overrides", "options", "train")
 ALLOWED = sorted([*LIST_KEYS, *SCALAR_KEYS, *TABLE_KEYS])
 
 
@@ -45,7 +50,7 @@ def _line_of(text: str, key: str, table: str | None = None) -> int | None:
         h = header.match(line)
         if h:
             current = h.group(1).strip()
-            if table is None and current == key:
+            if (table is None and current == key) or (table is not None and current == f"{table}.{key}"):
                 return i
             continue
         if pat.match(line) and (current == table or (table is None and current is None)):
@@ -104,6 +109,11 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise UserError(f"{_where(p, text, key)}: expected tables [options.METHOD] of option KEY = VALUE")
             out["method_options"] = {m: dict(v) for m, v in value.items()}
+        elif key == "train":
+            if not isinstance(value, dict):
+                raise UserError(f"{_where(p, text, key)}: expected a table [train] of training runs "
+                                f"(methods = [...], hyper-parameters)")
+            out["train"] = dict(value)
         else:
             raise UserError(f"{_where(p, text, key)}: unknown key; allowed: {', '.join(ALLOWED)}")
     out["_path"] = str(p)

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..results import schema as _schema
 from ..results.store import store_result
 from .executors import Executor
-from .spec import EARLY_STOP_AXES, RunSpec, axis_group
+from .spec import EARLY_STOP_AXES, RunSpec, TrainSpec, axis_group
 
 STATUS_ORDER = ("ok", "oom", "failed", "timeout", "skipped")
 
@@ -100,7 +100,7 @@ class _EarlyStop:
         return at if at is not None and getattr(spec, self.axis) > at else None
 
 
-def run_sweep(specs: list[RunSpec], *, db: str | os.PathLike, executor: Executor, timeout: float | None = None,
+def run_sweep(specs: list[RunSpec | TrainSpec], *, db: str | os.PathLike, executor: Executor, timeout: float | None = None,
               rerun: bool = False, early_stop: str | None = None, sweep: str | None = None,
               progress=None) -> SweepSummary:
     """Run `specs` (already validated) and store every finished run in `db`.
@@ -156,9 +156,16 @@ def run_sweep(specs: list[RunSpec], *, db: str | os.PathLike, executor: Executor
                 prov = dict(record.get("provenance") or {})
                 prov.setdefault("membench", __version__)
                 prov.setdefault("driver_host", socket.gethostname())
-                run_id = store_result(db, record.get("result"), status=status, key=spec.key(),
-                                      config=spec.to_dict(), error=record.get("error"), sweep=sweep,
-                                      provenance=prov, wall_s=record.get("wall_s"))
+                if isinstance(spec, TrainSpec):  # accuracy, loss curve and the memory of one profiled step
+                    run_id = store_result(db, record.get("result"), kind="train", status=status, key=spec.key(),
+                                          config=record.get("config") or spec.store_config(),
+                                          metrics=record.get("metrics"), series=record.get("series"),
+                                          error=record.get("error"), sweep=sweep, provenance=prov,
+                                          wall_s=record.get("wall_s"))
+                else:
+                    run_id = store_result(db, record.get("result"), status=status, key=spec.key(),
+                                          config=spec.to_dict(), error=record.get("error"), sweep=sweep,
+                                          provenance=prov, wall_s=record.get("wall_s"))
                 summary.run_ids.append(run_id)
                 summary.counts[status] += 1
                 summary.records.append((spec, record))

@@ -119,8 +119,185 @@ class Grid:
 EARLY_STOP_AXES = ("batch_size", "seq_len")
 
 
-def axis_group(spec: RunSpec, axis: str) -> str:
+def axis_group(spec: RunSpec | TrainSpec, axis: str) -> str:
     """Runs that differ only along `axis` share a group (early stop: once one OOMs, larger ones are skipped)."""
     d = spec.to_dict()
-    d.pop(axis)
+    d.pop(TrainSpec.AXIS_FIELDS.get(axis, axis) if isinstance(spec, TrainSpec) else axis, None)
     return json.dumps(d, sort_keys=True, default=str)
+
+
+# ---- training runs ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One training run of a sweep (`membench.train.run_training`): the full TrainConfig, defaults filled in.
+
+    `label` is the experiment file's name for this entry (the method name, or a variant name such
+    as "lora-r64"); it is shown in the progress bar, not part of the key.
+    """
+
+    config: dict[str, Any]  # every TrainConfig field
+    label_name: str = ""
+    kind = "train"
+    AXIS_FIELDS = {"batch_size": "batch_size", "seq_len": "max_length"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "train", **self.config}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainSpec:
+        return cls(config={k: v for k, v in data.items() if k != "kind"})
+
+    def key(self, version: str = __version__) -> str:
+        blob = json.dumps({"spec": self.to_dict(), "membench": version}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def store_config(self) -> dict[str, Any]:
+        """What a run that produced no outcome (oom / failed / timeout) stores as its config."""
+        from ..train.loop import DEFAULT_MODEL_NAME
+
+        c = self.config
+        model = c.get("model") or (str(c["pretrained"]).rstrip("/").rsplit("/", 1)[-1] if c.get("pretrained")
+                                   else DEFAULT_MODEL_NAME)
+        return {**c, "kind": "train", "model": model, "seq_len": c.get("max_length"),
+                "device": c.get("device") or "auto"}
+
+    # what the driver, executors and the progress bar read from any spec
+    @property
+    def method(self) -> str:
+        return self.config["method"]
+
+    @property
+    def model(self) -> str:
+        return self.store_config()["model"]
+
+    @property
+    def batch_size(self) -> int:
+        return self.config["batch_size"]
+
+    @property
+    def seq_len(self) -> int:
+        return self.config["max_length"]
+
+    @property
+    def dtype(self) -> str:
+        return self.config["dtype"]
+
+    @property
+    def device(self) -> str:
+        return self.config.get("device") or "auto"
+
+    @property
+    def label(self) -> str:
+        name = self.label_name or self.method
+        extra = "".join(f" {k}={self.config[k]:g}" for k in ("lr",) if self.config.get(k) is not None)
+        return f"train {self.model} {name} b{self.batch_size} e{self.config['epochs']}{extra}"
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+
+TRAIN_LIST_FIELDS = ("text_columns",)  # TrainConfig fields whose value is itself a list (never a grid axis)
+TRAIN_TABLE_FIELDS = ("method_options", "overrides")
+
+
+def _train_defaults() -> dict[str, Any]:
+    from dataclasses import fields
+
+    from ..train.loop import TrainConfig
+
+    out = {}
+    for f in fields(TrainConfig):
+        if f.name != "profile_memory":  # a sweep's training runs always measure their memory
+            out[f.name] = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+    return out
+
+
+def expand_train(table: dict[str, Any], *, device: str | None = None, seed: int | None = None,
+                 method_options: dict[str, dict[str, Any]] | None = None, where=None) -> list[TrainSpec]:
+    """Expand an experiment file's [train] table into training runs.
+
+    table: shared TrainConfig fields, and `methods`: a list of method names, or a table of
+    entries NAME -> {TrainConfig fields, `method` (default NAME), `options` (method options)}.
+    A list value of a scalar field (lr = [1e-3, 5e-3], seed = [0, 1]) is a grid axis.
+    device / seed / method_options: sweep-level defaults (the file's top-level values).
+    where(key, table) -> "file:line: key ..." for error messages.
+    """
+    where = where or (lambda key, tbl=None: f"key {repr(f'{tbl}.{key}' if tbl else key)}")
+    defaults = _train_defaults()
+    allowed = sorted([*defaults, "methods", "options"])  # per method also: method
+    shared = {k: v for k, v in table.items() if k != "methods"}
+    methods = table.get("methods")
+    if methods is None or (isinstance(methods, list | dict) and not methods):
+        raise UserError(f"{where('methods', 'train')}: list the methods to train, e.g. methods = [\"full\", "
+                        f"\"lora\"] or [train.methods.lora] tables")
+    if isinstance(methods, list):
+        if not all(isinstance(m, str) for m in methods):
+            raise UserError(f"{where('methods', 'train')}: expected method names (strings)")
+        if len(set(methods)) != len(methods):
+            raise UserError(f"{where('methods', 'train')}: duplicate method; give each once")
+        entries = {m: {} for m in methods}
+    elif isinstance(methods, dict):
+        entries = {}
+        for name, body in methods.items():
+            if not isinstance(body, dict):
+                raise UserError(f"{where(name, 'train.methods')}: expected a table [train.methods.{name}] of "
+                                f"hyper-parameters")
+            entries[name] = body
+    else:
+        raise UserError(f"{where('methods', 'train')}: expected a list of methods or [train.methods.NAME] tables")
+
+    specs: list[TrainSpec] = []
+    for name, body in entries.items():
+        tbl = f"train.methods.{name}" if body else "train"
+        merged: dict[str, Any] = {}
+        for src, src_tbl in ((shared, "train"), (body, tbl)):
+            for k, v in src.items():
+                if k not in defaults and k not in ("options",) and not (k == "method" and src is body):
+                    raise UserError(f"{where(k, src_tbl)}: unknown training key; allowed: {', '.join(allowed)}")
+                if k == "method" and src is shared:
+                    raise UserError(f"{where(k, src_tbl)}: give the methods as `methods`, not `method`")
+                merged[k] = v
+        method = merged.pop("method", name)
+        if not isinstance(method, str):
+            raise UserError(f"{where('method', tbl)}: expected a method name")
+        opts = dict((method_options or {}).get(method, (method_options or {}).get(method.split("+")[0], {})))
+        for src in (shared, body):
+            for k in ("options", "method_options"):
+                if k in src:
+                    if not isinstance(src[k], dict):
+                        raise UserError(f"{where(k, tbl if src is body else 'train')}: expected a table of "
+                                        f"method option KEY = VALUE")
+                    opts.update(src[k])
+        merged.pop("options", None)
+        merged["method_options"] = opts
+        if merged.get("device") is None and device in ("cpu", "cuda"):
+            merged["device"] = device
+        if "seed" not in merged and seed is not None:
+            merged["seed"] = seed
+        for k in TRAIN_TABLE_FIELDS:
+            if k in merged and not isinstance(merged[k], dict):
+                raise UserError(f"{where(k, tbl)}: expected a table of KEY = VALUE")
+        axes = [k for k, v in merged.items() if isinstance(v, list) and k not in TRAIN_LIST_FIELDS]
+        for k in axes:
+            vals = merged[k]
+            if not vals:
+                raise UserError(f"{where(k, tbl)}: empty list")
+            if len({json.dumps(v, sort_keys=True) for v in vals}) != len(vals):
+                raise UserError(f"{where(k, tbl)}: duplicate value in {vals!r}; give each value once")
+        for combo in itertools.product(*(merged[k] for k in axes)):
+            cfg = {**defaults, **merged, **dict(zip(axes, combo, strict=True)), "method": method}
+            from ..train.loop import TrainConfig, _check
+
+            try:
+                _check(TrainConfig.from_dict(cfg))
+                cfg["dtype"] = dtypes.short(cfg["dtype"])
+            except UserError as exc:
+                at = where(name, "train.methods") if body else where("methods", "train")
+                raise UserError(f"{at}: {exc}") from None
+            specs.append(TrainSpec(config=cfg, label_name=name))
+    keys = [s.key() for s in specs]
+    if len(set(keys)) != len(keys):
+        raise UserError(f"{where('methods', 'train')}: two training entries give the same run; make them differ")
+    return specs

@@ -5,7 +5,8 @@
     execute(spec) -> record                                         (in-process; Ray tasks)
 
 A record is a JSON dict: status ("ok" | "oom" | "failed"), result (RunResult dict
-or None), error (last lines of the traceback), wall_s, provenance.
+or None), error (last lines of the traceback), wall_s, provenance. A training run
+(spec kind "train", `membench.train.run_training`) adds metrics, series and config.
 """
 
 from __future__ import annotations
@@ -67,17 +68,30 @@ def overrides_for(spec: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
+def _train(spec: dict[str, Any]) -> dict[str, Any]:
+    from ..train import run_training
+
+    outcome = run_training({k: v for k, v in spec.items() if k != "kind"})
+    return {"status": "ok", "result": outcome.result.to_dict() if outcome.result is not None else None,
+            "error": None, "metrics": outcome.metrics, "series": {k: [list(p) for p in v]
+                                                                  for k, v in outcome.series.items()},
+            "config": outcome.config}
+
+
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
-    """Profile one run in this process; never raises for errors of the run itself."""
+    """Profile (or train) one run in this process; never raises for errors of the run itself."""
     t0 = time.perf_counter()
     try:
-        from ..runner import profile
+        if spec.get("kind") == "train":
+            record = _train(spec)
+        else:
+            from ..runner import profile
 
-        result = profile(spec["model"], spec["method"], batch_size=spec["batch_size"], seq_len=spec["seq_len"],
-                         dtype=spec["dtype"], device=spec["device"], attn=spec.get("attn", "sdpa"),
-                         overrides=overrides_for(spec), method_options=spec.get("method_options") or None,
-                         pretrained=spec.get("pretrained"), seed=spec.get("seed", 0))
-        record = {"status": "ok", "result": result.to_dict(), "error": None}
+            result = profile(spec["model"], spec["method"], batch_size=spec["batch_size"], seq_len=spec["seq_len"],
+                             dtype=spec["dtype"], device=spec["device"], attn=spec.get("attn", "sdpa"),
+                             overrides=overrides_for(spec), method_options=spec.get("method_options") or None,
+                             pretrained=spec.get("pretrained"), seed=spec.get("seed", 0))
+            record = {"status": "ok", "result": result.to_dict(), "error": None}
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a record
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
@@ -178,6 +192,17 @@ def preflight(specs: list[dict[str, Any]]) -> list[str]:
     problems: list[str] = []
     seen: set[str] = set()
     for spec in specs:
+        if spec.get("kind") == "train":
+            ident = json.dumps(["train", spec.get("model"), spec.get("pretrained"), spec["method"],
+                                spec.get("overrides"), spec.get("method_options")], sort_keys=True, default=str)
+            if ident not in seen:
+                seen.add(ident)
+                try:
+                    _check_train(spec)
+                except UserError as exc:
+                    if str(exc) not in problems:
+                        problems.append(str(exc))
+            continue
         for what, check in (("model", lambda s: backbones.make_config(
                                  None if s.get("pretrained") else backbones.get(s["model"]),
                                  overrides_for(s), attn=s.get("attn", "sdpa"), pretrained=s.get("pretrained"))),
@@ -193,6 +218,29 @@ def preflight(specs: list[dict[str, Any]]) -> list[str]:
                 if str(exc) not in problems:
                     problems.append(str(exc))
     return problems
+
+
+def _check_train(spec: dict[str, Any]) -> None:
+    """A training run's model, method and options; the offline packages and paths it needs."""
+    from pathlib import Path
+
+    from .. import backbones, methods
+    from ..errors import UserError
+    from ..train.loop import default_pretrained
+
+    if spec.get("model"):
+        backbones.make_config(backbones.get(spec["model"]), dict(spec.get("overrides") or {}),
+                              attn=spec.get("attn", "sdpa"))
+    elif spec.get("pretrained"):
+        if not Path(spec["pretrained"]).is_dir():
+            raise UserError(f"train pretrained={spec['pretrained']!r}: no such folder")
+    else:
+        default_pretrained()
+    if spec.get("dataset") and not Path(spec["dataset"]).is_dir():
+        raise UserError(f"train dataset={spec['dataset']!r}: no such folder (a datasets save_to_disk folder)")
+    method, _mods = methods.resolve(spec["method"])
+    family = backbones.get(spec["model"]).family if spec.get("model") else None
+    method.make_config(family, spec.get("method_options") or {})
 
 
 def _check_method(spec: dict[str, Any]) -> None:

@@ -64,3 +64,53 @@ def test_verify_cli_fails_deep_fp32_meft3_and_checkpoints_fix_it(cli, tmp_path):
     assert code == 0 and "PASS" in out
     code, _, err = cli("verify", "--model", "bert-base", "--method", "lora")
     assert code == 2 and "meft" in err
+
+
+def test_verify_db_stores_per_layer_series_and_report_draws_them(cli, tmp_path):
+    """`membench verify --db` stores a kind="verify" run; `membench report` turns it into the MEFT error figure."""
+    from membench.results import load, load_series
+
+    db = tmp_path / "v.db"
+    args = ["verify", "--model", "bert-base", "--method", "meft1", "--dtype", "fp64", "-b", "2", "-s", "8",
+            "--override", "num_hidden_layers=3", "--override", "hidden_size=16", "--override", "intermediate_size=32",
+            "--override", "num_attention_heads=2", "--db", str(db), "--out", str(tmp_path / "v.json")]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    assert "stored as run" in out
+    res = json.loads((tmp_path / "v.json").read_text())
+    runs = load(db)
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["kind"] == "verify" and run["status"] == "ok" and run["method"] == "meft1" and run["dtype"] == "fp64"
+    assert run["passed"] == 1.0 and run["max_grad_error"] == pytest.approx(res["max_grad_error"])
+    cfg = json.loads(run["config"])
+    assert cfg["overrides"]["num_hidden_layers"] == 3 and cfg["method_options"]["lam"] == 0.1
+    series = load_series(db)
+    assert set(series["name"]) == {"recon_error", "grad_error", "start_gap"}
+    for name, field in (("recon_error", "recon_error"), ("grad_error", "grad_error"), ("start_gap", "start_gap")):
+        s = series[series["name"] == name].sort_values("step")
+        assert s["step"].tolist() == [r["layer"] for r in res["layers"]] == [0, 1, 2]
+        assert s["value"].tolist() == pytest.approx([r[field] for r in res["layers"]])
+    # the same check again replaces its row (stable key) instead of adding a second line to the figure
+    assert cli(*args)[0] == 0
+    assert len(load(db)) == 1 and load(db).iloc[0]["attempts"] == 2
+
+    code, out, err = cli("report", "--db", str(db), "-o", str(tmp_path / "rep"))
+    assert code == 0, err
+    pngs = sorted((tmp_path / "rep").glob("verify-*.png"))
+    assert len(pngs) == 1 and pngs[0].stat().st_size > 5000
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "MEFT reconstruction and gradient error" in page
+    from membench.report.figures import error_kind
+
+    # each stored series lands in its own panel of that figure
+    assert {n: error_kind(n) for n in series["name"].unique()} == {
+        "recon_error": "reconstruction error", "grad_error": "gradient error", "start_gap": "starting-point gap"}
+
+
+def test_verify_db_refuses_a_file_that_is_not_a_database(cli, tmp_path):
+    bad = tmp_path / "notes.db"
+    bad.write_text("not sqlite")
+    code, _out, err = cli("verify", "--model", "bert-base", "--db", str(bad))
+    assert code == 2 and "Traceback" not in err
+    assert bad.read_text() == "not sqlite"
