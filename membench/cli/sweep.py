@@ -311,10 +311,16 @@ def sweep(
                             f"already stored in {db_path})")
         for col in ("model", "method", "batch", "seq", "dtype", "device", "stored"):
             table.add_column(col)
+        import json
+
+        shown = ("batch_size", "max_length", "dtype", "device", "method", "method_options")
+        varying = [k for k in (train_specs[0].config if train_specs else {}) if k not in shown and len(
+            {json.dumps(t.config[k], sort_keys=True, default=str) for t in train_specs}) > 1]
         for s in specs:
             method = s.method
-            if getattr(s, "kind", "memory") == "train":
+            if getattr(s, "kind", "memory") == "train":  # "train lora (lora-r64) lr=0.002 seed=1"
                 method = f"train {s.method}" + (f" ({s.label_name})" if s.label_name not in ("", s.method) else "")
+                method += "".join(f" {k}={s.config[k]}" for k in varying)
             table.add_row(s.model, method, str(s.batch_size), str(s.seq_len), s.dtype, s.device,
                           stored.get(s.key(), ""))
         console.print(table)
