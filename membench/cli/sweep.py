@@ -180,8 +180,8 @@ def train_table(db: str, keys: list[str]) -> Table | None:
     table = Table(title=f"training runs ({len(df)} in {db}; `membench report` draws memory vs accuracy)")
     for col, just in (("task", "left"), ("model", "left"), ("method", "left"), ("status", "left"),
                       ("test acc.", "right"), ("majority", "right"), ("est. peak", "right"),
-                      ("activations", "right"), ("step time", "right"), ("run time", "right")):
-        table.add_column(col, justify=just)
+                      ("activations", "right"), ("step time", "right")):
+        table.add_column(col, justify=just, overflow="fold")
     style = {"ok": "green", "oom": "yellow", "failed": "red", "timeout": "red"}
 
     def num(row, col, fmt):
@@ -197,8 +197,7 @@ def train_table(db: str, keys: list[str]) -> Table | None:
                       num(r, "accuracy", lambda v: f"{v:.3f}"), num(r, "majority_accuracy", lambda v: f"{v:.3f}"),
                       num(r, "estimated_peak_bytes", lambda v: human_bytes(int(v))),
                       num(r, "peak_activation_bytes", lambda v: human_bytes(int(v))),
-                      num(r, "step_time_s", lambda v: f"{v * 1000:.0f} ms"),
-                      num(r, "wall_s", lambda v: f"{v:.1f} s"))
+                      num(r, "step_time_s", lambda v: f"{v * 1000:.0f} ms"))
     return table
 
 

@@ -87,7 +87,7 @@ def add_labels(runs) -> None:
 
 def _train_knobs(cfg: dict) -> dict:
     knobs = dict(cfg.get("method_options") or {})
-    for k in ("lr", "epochs", "seed"):
+    for k in ("lr", "epochs", "seed", "batch_size", "limit", "max_length"):  # shown only where they vary
         if k in cfg and cfg.get("kind") == "train":
             knobs[k] = cfg[k]
     return knobs
