@@ -441,16 +441,19 @@ def verify_errors(data) -> list[Figure]:
             p = sub[sub["panel"] == panel]
             pos = p["value"][p["value"] > 0]
             log = len(pos) > 0 and float(pos.max()) > 10 * float(pos.min())  # less than a decade reads better linear
+            names = sorted(p["name"].unique())  # several per run (encoder/decoder stacks): one line style each
             for (rid, name), line in p.groupby(["run_id", "name"], sort=True):
                 line = line.sort_values("step")
-                extra = f" [{name}]" if p["name"].nunique() > 1 else ""
+                extra = f" [{name}]" if len(names) > 1 else ""
+                style = dict(ls=("-", "--", ":", "-.")[names.index(name) % 4],
+                             marker="osD^"[names.index(name) % 4])
                 if log:  # exact zeros (e.g. the bottom layer's starting-point gap) have no log position
                     zero = line[line["value"] <= 0]
                     line = line[line["value"] > 0]
                     if len(zero):
                         extra += f" (exactly 0 at layer {', '.join(str(int(k)) for k in zero['step'])})"
-                ax.plot(line["step"], line["value"], marker="o", ms=3.5, color=colors[labels[rid]],
-                        label=labels[rid] + extra)
+                ax.plot(line["step"], line["value"], ms=3.5, color=colors[labels[rid]], label=labels[rid] + extra,
+                        **style)
             ax.set_yscale("log" if log else "linear")
             if not log:
                 ax.set_ylim(0, max(float(p["value"].max()), 1e-30) * 1.15)
@@ -459,6 +462,8 @@ def verify_errors(data) -> list[Figure]:
             ax.set_ylabel(f"relative {panel}" + (" (log scale)" if log else ""))
             ax.set_title(f"{panel} by depth")
             ax.xaxis.get_major_locator().set_params(integer=True)
+            if len(names) > 1 and ax is not axes[0][-1]:  # series names differ per panel: each gets its legend
+                ax.legend(fontsize=7, title="method · dtype", title_fontsize=7)
         axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method · dtype")
         title = f"MEFT verification: error vs depth, {model}, device {dev}"
         fig.suptitle(wrap(title, 120))
