@@ -150,6 +150,7 @@ class ReversibleStack(torch.autograd.Function):
         param_grads: list[list[torch.Tensor | None]] = [[None] * len(ps) for ps in call.params]
         device = ctx.device
         trace = call.trace
+        need_dh = ctx.needs_input_grad[1] or trace is not None
 
         def accumulate(grads, params_i):
             n = len(ctx_in)
@@ -161,15 +162,21 @@ class ReversibleStack(torch.autograd.Function):
                     cur = param_grads[params_i][j]
                     param_grads[params_i][j] = g if cur is None else cur + g
 
-        def recompute(fn, x, state, dy, params):
-            xd = x.detach().requires_grad_()
+        def recompute(fn, x, state, dy, params, need_x=True):
+            # need_x=False: nobody needs the gradient w.r.t. x (the bottom F when the stack input does not
+            # require grad); x is then not a graph input, so autograd neither records nor back-propagates
+            # the part of fn that only leads to x (e.g. MEFT1's attention below the FFN adapter).
+            xd = x.detach().requires_grad_() if need_x else x.detach()
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
                 if call.restore_rng:
                     _set_rng_state(state, device)
                 with torch.enable_grad(), autocast_context(device.type, ctx.autocast):
                     out = fn(xd, args, kwargs, call.compute_dtype)
-            grads = torch.autograd.grad(out, [xd, *ctx_in, *params], dy.to(out.dtype), allow_unused=True)
-            return out.detach(), grads
+            wrt = [xd, *ctx_in, *params] if need_x else [*ctx_in, *params]
+            if not out.requires_grad:
+                return out.detach(), (None,) * (len(wrt) + (not need_x))
+            grads = torch.autograd.grad(out, wrt, dy.to(out.dtype), allow_unused=True)
+            return out.detach(), grads if need_x else (None, *grads)
 
         for i in reversed(range(len(call.couplings))):
             c = call.couplings[i]
@@ -182,7 +189,7 @@ class ReversibleStack(torch.autograd.Function):
                 dy1 = dy1 + grads[0]
             x2 = ckpts[i][1] if i in ckpts else _unscale(y2 - g, c.beta)
             del g
-            f, grads = recompute(c.F, x2, s_f, dy1, call.params[i])
+            f, grads = recompute(c.F, x2, s_f, dy1, call.params[i], need_x=i > 0 or need_dh)
             accumulate(grads, i)
             x1 = ckpts[i][0] if i in ckpts else _unscale(y1 - f, c.lam)
             del f
@@ -195,6 +202,6 @@ class ReversibleStack(torch.autograd.Function):
                 trace.setdefault("recon", {})[i] = (x1.detach().clone(), x2.detach().clone())
             y1, y2, dy1, dy2 = x1, x2, dx1, dx2
             del grads
-        dh = (dy1 + dy2).to(ctx.h_dtype)
+        dh = (dy1 + dy2).to(ctx.h_dtype) if need_dh else None
         flat = [g for gs in param_grads for g in gs]
         return (None, dh, *ctx_grads, *flat)

@@ -178,6 +178,30 @@ def test_frozen_backbone_every_trainable_param_gets_a_gradient(family, variant, 
         assert g.abs().sum() > 0, f"{n} got a zero gradient"
 
 
+@pytest.mark.parametrize("family,variant", matrix())
+def test_parity_when_the_stack_input_needs_no_grad(family, variant, monkeypatch):
+    """Untraced, frozen embeddings: the bottom F is recomputed without a gradient w.r.t. its input (nobody
+    needs it); every trainable gradient still equals plain autograd's, dropout on, fp64, paper scales."""
+    lam, beta = PAPER[variant]
+    model, fam, config = make(family, variant, 3, dropout=True, options={"lam": lam, "beta": beta})
+    data = batch(fam, config)
+    seen = []
+    orig = reversible.ReversibleStack.backward
+
+    def spy(ctx, *grads):
+        out = orig(ctx, *grads)
+        seen.append((ctx.needs_input_grad[1], out[1]))
+        return out
+
+    monkeypatch.setattr(reversible.ReversibleStack, "backward", staticmethod(spy))
+    _, rev, _ = step(model, data, trace=False)
+    assert seen and all(need is False and dh is None for need, dh in seen)
+    with plain_autograd(model):
+        _, plain, _ = step(model, data, trace=False)
+    assert rev.keys() == plain.keys() and rev
+    assert max(rel(rev[n], plain[n]) for n in plain) <= BOUND
+
+
 @pytest.mark.parametrize("family,variant", [
     pytest.param(f, v, marks=() if f in ("opt", "llama") else pytest.mark.slow, id=f"{f}-{v}")
     for f, v in [("bert", "meft3"), ("roberta", "meft1"), ("bart", "meft2"), ("opt", "meft3"), ("gpt2", "meft1"),
