@@ -7,7 +7,7 @@ import json
 from .errors import UserError
 
 
-def parse_assignments(items, flag: str = "--override", example: str = "num_hidden_layers=24",
+def parse_assignments(items, flag: str = "override", example: str = "num_hidden_layers=24",
                       json_values: bool = True) -> dict[str, object]:
     """['num_hidden_layers=2', 'hidden_act=relu'] -> {'num_hidden_layers': 2, 'hidden_act': 'relu'}.
 
