@@ -117,11 +117,13 @@ def layer_groups(model, family, base_model) -> tuple[dict, list[str]]:
 
 
 def build(model: str | None, method: str, *, dtype: str = "fp32", device: str = "fake", attn: str = "sdpa",
-          overrides: dict | None = None, method_options: dict | None = None, pretrained: str | None = None):
+          overrides: dict | None = None, method_options: dict | None = None, pretrained: str | None = None,
+          config=None):
     """Build (backbone model, trainable model, family, config, method config). Call inside `build_device()`."""
 
-    spec = backbones.get(model) if model and not pretrained else None
-    config = backbones.make_config(spec, overrides, attn=attn, pretrained=pretrained)
+    if config is None:
+        spec = backbones.get(model) if model and not pretrained else None
+        config = backbones.make_config(spec, overrides, attn=attn, pretrained=pretrained)
     family = backbones.family_for(config.model_type)
     method_obj, modifiers = methods.resolve(method)
     cfg = method_obj.make_config(family, method_options)
@@ -173,14 +175,16 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
         raise UserError("--snapshot needs --device cuda (it dumps the CUDA allocator's history)")
 
     t0 = time.perf_counter()
+    spec = backbones.get(model) if model and not pretrained else None
+    config = backbones.make_config(spec, overrides, attn=attn, pretrained=pretrained)
+    limit = backbones.family_for(config.model_type).max_positions(config)
+    if seq_len > limit:  # checked before anything is built (or allocated on a GPU)
+        raise UserError(f"sequence length {seq_len} is longer than the model's {limit} positions")
     say("building model")
     with build_device(device):
         base, trained, family, config, cfg = build(
             model, method, dtype=dtype, device=device, attn=attn, overrides=overrides,
-            method_options=method_options, pretrained=pretrained)
-    limit = family.max_positions(config)
-    if seq_len > limit:
-        raise UserError(f"sequence length {seq_len} is longer than the model's {limit} positions")
+            method_options=method_options, pretrained=pretrained, config=config)
     batch = family.make_batch(config, batch_size, seq_len, torch.Generator().manual_seed(seed))
     mode = None
     if device == "fake":

@@ -146,3 +146,17 @@ def test_track_live_false_gives_the_same_ledger():
     assert bare.layer_bytes == live.layer_bytes
     assert bare.peak_activation_bytes == bare.activation_bytes <= live.peak_activation_bytes
     assert bare.peak_by_phase == {}
+
+
+def test_too_long_sequence_is_refused_before_the_model_is_built(monkeypatch):
+    import pytest
+
+    from membench import runner
+    from membench.errors import UserError
+
+    def no_build(*a, **k):
+        raise AssertionError("the model was built before the sequence length was checked")
+
+    monkeypatch.setattr(runner, "build", no_build)
+    with pytest.raises(UserError, match="longer than the model's 1024 positions"):
+        runner.profile("gpt2", "full", batch_size=1, seq_len=1025, device="fake")
