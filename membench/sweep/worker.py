@@ -189,29 +189,27 @@ def preflight(specs: list[dict[str, Any]]) -> list[str]:
     from .. import backbones
     from ..errors import UserError
 
+    def check_model(s):
+        backbones.make_config(None if s.get("pretrained") else backbones.get(s["model"]), overrides_for(s),
+                              attn=s.get("attn", "sdpa"), pretrained=s.get("pretrained"))
+
+    def checks(spec):  # (identity, check): each distinct thing is checked once
+        if spec.get("kind") == "train":
+            yield ["train", spec.get("model"), spec.get("pretrained"), spec["method"], spec.get("overrides"),
+                   spec.get("method_options")], _check_train
+            return
+        for what, check in (("model", check_model), ("method", _check_method)):
+            yield [what, spec["model"], spec["method"], spec.get("overrides"), spec.get("method_options"),
+                   spec.get("tiny")], check
+
     problems: list[str] = []
     seen: set[str] = set()
     for spec in specs:
-        if spec.get("kind") == "train":
-            ident = json.dumps(["train", spec.get("model"), spec.get("pretrained"), spec["method"],
-                                spec.get("overrides"), spec.get("method_options")], sort_keys=True, default=str)
-            if ident not in seen:
-                seen.add(ident)
-                try:
-                    _check_train(spec)
-                except UserError as exc:
-                    if str(exc) not in problems:
-                        problems.append(str(exc))
-            continue
-        for what, check in (("model", lambda s: backbones.make_config(
-                                 None if s.get("pretrained") else backbones.get(s["model"]),
-                                 overrides_for(s), attn=s.get("attn", "sdpa"), pretrained=s.get("pretrained"))),
-                            ("method", lambda s: _check_method(s))):
-            ident = json.dumps([what, spec["model"], spec["method"], spec.get("overrides"),
-                                spec.get("method_options"), spec.get("tiny")], sort_keys=True, default=str)
-            if ident in seen:
+        for ident, check in checks(spec):
+            key = json.dumps(ident, sort_keys=True, default=str)
+            if key in seen:
                 continue
-            seen.add(ident)
+            seen.add(key)
             try:
                 check(spec)
             except UserError as exc:

@@ -19,12 +19,7 @@ NODROP = {"bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
           "gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
           "llama": dict(attention_dropout=0.0)}
 # dropout on everywhere a family has it (Llama has none in its layers: adapters' dropout still applies)
-DROP = {"bert": dict(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2),
-        "roberta": dict(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2),
-        "bart": dict(dropout=0.2, attention_dropout=0.2, activation_dropout=0.2),
-        "opt": dict(dropout=0.2, attention_dropout=0.2),
-        "gpt2": dict(resid_pdrop=0.2, embd_pdrop=0.2, attn_pdrop=0.2),
-        "llama": dict(attention_dropout=0.2)}
+DROP = {family: {key: 0.2 for key in keys} for family, keys in NODROP.items()}
 
 
 def make(family: str, variant: str, layers: int = 2, *, dtype: str = "fp64", dropout: bool = False,
