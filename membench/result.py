@@ -49,6 +49,10 @@ class RunResult:
     nvml: dict[str, Any] = field(default_factory=dict)
     loss: float | None = None
     wall_s: float = 0.0
+    target: str = "cpu"  # what the figures describe: "cpu" or "cuda" (measured on --device cuda, else predicted)
+    gpu: str | None = None  # the GPU of a cuda target
+    predicted_cuda: dict[str, Any] | None = None  # the allocator model's figures (membench.gpu.predict)
+    optimizer: str = ""  # the optimizer implementation the step ran (membench.optimizers)
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -4,8 +4,14 @@
     profile_module(my_model, my_batch, ...)    any nn.Module the user built
 
 Backends: `cpu` (real tensors), `fake` (FakeTensorMode: shapes and dtypes only,
-exact CPU kernels, no memory; the default without a GPU), `cuda` (real tensors
-plus the caching allocator and NVML).
+no memory; the default without a GPU), `cuda` (real tensors plus the caching
+allocator and NVML).
+
+Targets (membench.gpu.target): what the figures describe. On `fake` the default
+target is `cuda` on an A100 80GB: ops are routed to the CUDA kernels' aten ops
+(membench.gpu.emulation) so the ledger counts what the GPU saves, and the step's
+allocations are replayed through a model of the caching allocator
+(membench.gpu.predict). `target="cpu"` keeps the exact CPU kernels.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import backbones, dtypes, methods
+from . import backbones, dtypes, methods, optimizers
 from .errors import UserError
+from .gpu import specs as gpu_specs
+from .gpu.target import Target
+from .gpu.target import resolve as _resolve_target
 from .result import LayerRow, RunResult
 
 DEVICES = ("cpu", "fake", "cuda")
@@ -38,6 +47,69 @@ def check_device(device: str | None) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is visible here; use --device fake (no memory) or cpu")
     return device
+
+
+def real_gpu_spec() -> gpu_specs.GpuSpec:
+    """The table entry of the GPU this process runs on (or one made from its properties)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    name = torch.cuda.get_device_name()
+    spec = gpu_specs.match_device_name(name, props.total_memory)
+    if spec is not None:
+        return spec
+    return gpu_specs.GpuSpec(name.lower().replace(" ", "-"), name, props.major, props.minor, props.total_memory,
+                             512 * 2**20)
+
+
+def resolve_target(device: str, target: str | None = None, gpu: str | None = None,
+                   alloc_conf: str | None = None) -> Target:
+    """What a run on `device` will describe (see membench.gpu.target); UserError for bad combinations."""
+    return _resolve_target(device, target, gpu, alloc_conf, real_gpu=real_gpu_spec() if device == "cuda" else None)
+
+
+def _check_target_dtype(dtype: str, target: Target) -> None:
+    if target.predicts_cuda and dtypes.canonical(dtype) == "bfloat16" and target.gpu.major < 8:
+        raise UserError(f"{target.gpu.name} (sm{target.gpu.major}{target.gpu.minor}) cannot train in bf16; "
+                        "use fp16 or fp32, or a GPU of compute capability 8.0 or newer")
+
+
+class _StepSetup:
+    """What profile_step needs for a target: the optimizer, the CUDA emulation modes, host memory."""
+
+    def __init__(self, target: Target, optimizer: str, device: str):
+        self.target = target
+        self.optimizer = optimizers.implementation(optimizer, target.kind)
+        self.routing = self.kernel = None
+        modes = []
+        if target.kind == "cuda":
+            from .gpu.emulation import CudaRouting, KernelAllocations
+
+            if target.predicts_cuda:
+                self.routing = CudaRouting(target.gpu)
+                modes.append(self.routing)
+            self.kernel = KernelAllocations(target.gpu)
+            modes.append(self.kernel)
+        self.kwargs = dict(optimizer=optimizers.factory(optimizer, target.kind), modes=modes,
+                           host_device="cpu" if device == "cuda" else None,
+                           host_state=optimizers.host_state if target.kind == "cuda" else None)
+
+    def predicted_cuda(self, step) -> dict | None:
+        """Replay the step's allocations through the allocator model (target cuda only)."""
+        if self.target.kind != "cuda" or step.live is None or self.kernel is None:
+            return None
+        from .gpu.predict import AllocationTrace, predict
+
+        live = step.live
+        trace = AllocationTrace(prestep=step.prestep_bytes, sizes=live.sizes, events=live.events,
+                                host=live.host_ids, kernel=self.kernel.events)
+        out = predict(trace, config=self.target.alloc_conf, context_bytes=self.target.gpu.context_bytes)
+        out["gpu"] = self.target.gpu_name
+        out["sdpa_backends"] = dict(self.routing.choices) if self.routing is not None else {}
+        out["kernel_allocations"] = [{"label": label, "bytes": n, "kind": kind, "phase": ph}
+                                     for _pos, n, kind, label, ph in self.kernel.events if kind == "persistent"]
+        out["approximate"] = ["context_bytes", "nvidia_smi_bytes"]
+        return out
 
 
 def _positive(name: str, value) -> int:
@@ -153,11 +225,15 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
             dtype: str = "fp32", device: str | None = None, attn: str = "sdpa",
             overrides: dict | list | None = None, method_options: dict | None = None,
             pretrained: str | None = None, seed: int = 0, snapshot: str | None = None,
-            progress: Callable[[str], None] | None = None, track_live: bool = True) -> RunResult:
+            progress: Callable[[str], None] | None = None, track_live: bool = True,
+            target: str | None = None, gpu: str | None = None, optimizer: str = "adamw",
+            alloc_conf: str | None = None) -> RunResult:
     """Profile one training step of a registered backbone with a registered method.
 
     `track_live=False` skips the live-memory tracker (faster on real CPU tensors; then
-    `peak_activation_bytes` is only the saved total and weight copies are not told apart)."""
+    `peak_activation_bytes` is only the saved total and weight copies are not told apart).
+    `target`/`gpu`/`alloc_conf`: what the figures describe (membench.gpu.target); on
+    `fake` the default is CUDA on an A100 80GB. `optimizer`: see membench.optimizers."""
     import torch
 
     say = progress or (lambda _msg: None)
@@ -166,6 +242,11 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
     dtype = dtypes.canonical(dtype)
     device = check_device(device)
     dtypes.check_device_supports(dtype, device)
+    optimizers.check(optimizer)
+    tgt = resolve_target(device, target, gpu, alloc_conf)
+    _check_target_dtype(dtype, tgt)
+    if tgt.kind == "cuda" and not track_live:
+        raise UserError("a CUDA target needs the live tracker (track_live=True)")
     if isinstance(overrides, list | tuple):
         overrides = backbones.parse_overrides(overrides)
     overrides = overrides or {}
@@ -198,34 +279,44 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
     torch.manual_seed(seed)
     from .profilers.step import profile_step
 
+    setup = _StepSetup(tgt, optimizer, device)
     with mode if mode is not None else contextlib.nullcontext():
         step = profile_step(trained, batch, groups=groups, cuda=device == "cuda", snapshot_path=snapshot,
-                            read_loss=device != "fake", track_live=track_live)
+                            read_loss=device != "fake", track_live=track_live, **setup.kwargs)
     name = model or pretrained
-    return _result(step, order, model=name, method=method, batch_size=batch_size, seq_len=seq_len,
+    return _result(step, order, setup, model=name, method=method, batch_size=batch_size, seq_len=seq_len,
                    dtype=dtype, device=device, attn=attn, overrides=overrides, method_options=cfg.to_dict(),
                    config=config.to_dict(), wall_s=time.perf_counter() - t0, extra={"pretrained": pretrained})
 
 
 def profile_module(module, batch: Any, *, loss_fn: Callable | None = None, layers: dict | None = None,
-                   device: str = "cpu", name: str | None = None, track_live: bool = True) -> RunResult:
+                   device: str = "cpu", name: str | None = None, track_live: bool = True,
+                   target: str | None = None, gpu: str | None = None, optimizer: str = "adamw",
+                   alloc_conf: str | None = None) -> RunResult:
     """Profile one training step of any `nn.Module` on a batch you give (tensors already on the device).
 
     `layers` maps modules to report rows; by default each item of the model's
     largest ModuleList is a row and everything else is grouped by its top-level name.
+    `device="fake"`: module and batch are fake tensors of your FakeTensorMode, and the
+    step runs inside it. Targets and optimizers as in `profile`.
     """
     from .profilers.step import default_loss, profile_step
 
     t0 = time.perf_counter()
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    optimizers.check(optimizer)
+    tgt = resolve_target(device, target, gpu, alloc_conf)
     groups, order = layers, None
     if groups is None:
         groups, order = _auto_groups(module)
+    setup = _StepSetup(tgt, optimizer, device)
     step = profile_step(module, batch, loss_fn=loss_fn or default_loss, groups=groups, cuda=device == "cuda",
-                        read_loss=device != "fake", track_live=track_live)
+                        read_loss=device != "fake", track_live=track_live, **setup.kwargs)
     b, s = _batch_shape(batch)
     dt = next((str(p.dtype).replace("torch.", "") for p in module.parameters()), "float32")
-    return _result(step, order, model=name or type(module).__name__, method="custom", batch_size=b, seq_len=s,
-                   dtype=dt, device=device, attn="", overrides={}, method_options={}, config={},
+    return _result(step, order, setup, model=name or type(module).__name__, method="custom", batch_size=b,
+                   seq_len=s, dtype=dt, device=device, attn="", overrides={}, method_options={}, config={},
                    wall_s=time.perf_counter() - t0, extra={})
 
 
@@ -263,10 +354,13 @@ def _batch_shape(batch) -> tuple[int, int]:
     return 0, 0
 
 
-def _result(step, order, *, model, method, batch_size, seq_len, dtype, device, attn, overrides, method_options,
-            config, wall_s, extra) -> RunResult:
+def _result(step, order, setup: _StepSetup | None = None, *, model, method, batch_size, seq_len, dtype, device, attn,
+            overrides, method_options, config, wall_s, extra) -> RunResult:
     from .provenance import provenance
 
+    if setup is None:  # a step the caller ran with its own optimizer and no emulation: its own device's figures
+        setup = _StepSetup(resolve_target(device, "cpu" if device == "fake" else None), "adamw", device)
+        setup.optimizer, setup.kernel = step.optimizer_name, None
     by_group = step.ledger.by_group
     names = list(order or [])
     names += [g for g in by_group if g not in names]
@@ -279,6 +373,7 @@ def _result(step, order, *, model, method, batch_size, seq_len, dtype, device, a
     # JSON-normal form (int dict keys -> str, dtypes -> str), so a result equals its JSON round trip
     prov["config"] = json.loads(json.dumps(config, default=str))
     prov.update({k: v for k, v in extra.items() if v is not None})
+    prov["target"] = setup.target.describe()
     return RunResult(
         model=model, method=method, batch_size=batch_size, seq_len=seq_len, dtype=dtypes.short(dtype),
         device=device, activation_bytes=step.activation_bytes, peak_activation_bytes=step.peak_activation_bytes,
@@ -289,4 +384,6 @@ def _result(step, order, *, model, method, batch_size, seq_len, dtype, device, a
         num_trainable_params=step.num_trainable_params, peak_phase=step.peak_phase,
         peak_by_phase=step.peak_by_phase, attn=attn, overrides=dict(overrides), method_options=method_options,
         modules=modules, cuda=step.cuda, nvml=step.nvml, loss=step.loss, wall_s=round(wall_s, 3),
+        target=setup.target.kind, gpu=setup.target.gpu_name, predicted_cuda=setup.predicted_cuda(step),
+        optimizer=setup.optimizer,
     )

@@ -4,7 +4,7 @@ from membench.backbones.tiny import tiny
 
 def test_every_family_profiles_on_fake_and_cpu(family_name):
     model, ov = tiny(family_name)
-    fake = profile(model, "full", batch_size=2, seq_len=16, device="fake", overrides=ov)
+    fake = profile(model, "full", batch_size=2, seq_len=16, device="fake", target="cpu", overrides=ov)
     cpu = profile(model, "full", batch_size=2, seq_len=16, device="cpu", overrides=ov)
     assert fake.activation_bytes > 0
     assert fake.layer_bytes == cpu.layer_bytes

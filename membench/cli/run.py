@@ -18,9 +18,21 @@ def parse_options(items: list[str] | None) -> dict[str, str]:
     return parse_assignments(items, flag="--option", example="r=16", json_values=False)
 
 
+def target_caption(result) -> str:
+    """One line: what the figures describe (target, GPU) and how they were obtained."""
+    if result.target == "cuda":
+        if result.device == "cuda":
+            return f"target: CUDA, measured on {result.gpu}"
+        return (f"target: CUDA on {result.gpu}, predicted without a GPU: saved tensors exact (CUDA kernels), "
+                "allocator figures from the caching-allocator model")
+    if result.device == "fake":
+        return "target: CPU kernels, predicted exactly with fake tensors (--target cuda for a GPU)"
+    return "target: CPU, measured"
+
+
 def print_result(result) -> None:
     table = Table(title=f"{result.model} · {result.method} · b{result.batch_size} s{result.seq_len} · "
-                        f"{result.dtype} · {result.device}")
+                        f"{result.dtype} · {result.device}", caption=target_caption(result))
     table.add_column("layer")
     table.add_column("saved for backward", justify="right")
     table.add_column("recomputed in backward", justify="right")
@@ -40,7 +52,7 @@ def print_result(result) -> None:
     bd.add_row("trainable parameters", f"{human_bytes(result.trainable_param_bytes)} "
                                        f"({result.num_trainable_params:,}, {pct:.2f}%)")
     bd.add_row("gradients", human_bytes(result.grad_bytes))
-    bd.add_row("optimizer state (AdamW)", human_bytes(result.optimizer_bytes))
+    bd.add_row(f"optimizer state ({result.optimizer or 'AdamW'})", human_bytes(result.optimizer_bytes))
     bd.add_row("activations (saved at end of forward)", human_bytes(result.activation_bytes))
     bd.add_row(f"peak activations + temporaries ({result.peak_phase})", human_bytes(result.peak_activation_bytes))
     if result.input_bytes:
@@ -57,6 +69,34 @@ def print_result(result) -> None:
         used = result.nvml.get("peak_used_bytes")
         bd.add_row("NVML device used (peak)", human_bytes(used) if result.nvml.get("available") else "unavailable")
     console.print(bd)
+    if result.predicted_cuda:
+        console.print(predicted_table(result))
+
+
+def predicted_table(result) -> Table:
+    p = result.predicted_cuda
+    how = "from this run's own allocations" if result.device == "cuda" else "without a GPU"
+    t = Table(title=f"CUDA memory on {p.get('gpu')}, predicted {how}", show_header=False,
+              caption="allocator figures: the step's allocations replayed through a model of PyTorch's "
+                      "caching allocator; ~ approximate")
+    t.add_column("what")
+    t.add_column("bytes", justify="right")
+    t.add_row("max allocated (torch.cuda.max_memory_allocated)", human_bytes(p["max_allocated_bytes"]))
+    t.add_row("max reserved (torch.cuda.max_memory_reserved)", human_bytes(p["max_reserved_bytes"]))
+    t.add_row("allocated after the step", human_bytes(p["allocated_after_step_bytes"]))
+    t.add_row("activations (paper: max allocated - after the step)", human_bytes(p["activation_bytes_paper"]))
+    t.add_row("  of it cuBLAS/cuBLASLt workspaces", human_bytes(p["cublas_workspace_bytes"]))
+    phases = p.get("phases", {})
+    if phases:
+        t.add_row("max allocated per phase (" + " / ".join(phases) + ")",
+                  " / ".join(human_bytes(v["max_allocated_bytes"]) for v in phases.values()))
+    t.add_row("~ CUDA context (not in the allocator)", human_bytes(p["context_bytes"]))
+    t.add_row("~ nvidia-smi at the peak (reserved + context)", human_bytes(p["nvidia_smi_bytes"]))
+    if p.get("sdpa_backends"):
+        t.add_row("attention kernel (SDPA)", ", ".join(f"{k} x{v}" for k, v in p["sdpa_backends"].items()))
+    if p.get("alloc_conf"):
+        t.add_row("allocator config", p["alloc_conf"])
+    return t
 
 
 @app.command()
@@ -69,6 +109,14 @@ def run(
     seq_len: int = typer.Option(512, "--seq-len", "-s", help="tokens per sequence"),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16, fp16 or fp64"),
     device: str = typer.Option(None, "--device", help="cpu, fake or cuda (default: cuda if present, else fake)"),
+    target: str = typer.Option(None, "--target", help="what --device fake predicts: cuda (default) or cpu"),
+    gpu: str = typer.Option(None, "--gpu", help="the GPU a cuda target predicts (default a100-80gb; "
+                                               "`membench list --gpus`)"),
+    alloc_conf: str = typer.Option(None, "--alloc-conf", help="allocator options as PYTORCH_CUDA_ALLOC_CONF, "
+                                                              "e.g. expandable_segments:True"),
+    optimizer: str = typer.Option("adamw", "--optimizer",
+                                  help="adamw (as the target runs it), adamw-foreach, adamw-fused, "
+                                       "adamw-forloop or sgd"),
     attn: str = typer.Option("sdpa", "--attn", help="attention implementation: eager or sdpa"),
     override: list[str] = typer.Option(None, "--override", help="config KEY=VALUE (repeatable)"),
     option: list[str] = typer.Option(None, "--option", "-o", help="method option KEY=VALUE (repeatable)"),
@@ -93,7 +141,7 @@ def run(
         result = profile(model, method, batch_size=batch_size, seq_len=seq_len, dtype=dtype, device=device,
                          attn=attn, overrides=overrides, method_options=parse_options(option),
                          pretrained=pretrained, seed=seed, snapshot=str(snapshot) if snapshot else None,
-                         progress=say)
+                         progress=say, target=target, gpu=gpu, optimizer=optimizer, alloc_conf=alloc_conf)
     print_result(result)
     if out is not None:
         result.save(str(out))

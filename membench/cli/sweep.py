@@ -118,10 +118,11 @@ def parse_size(text: str | int | float | None) -> int | None:
 
 
 def _peak(row) -> int | None:
-    """The run's memory peak: CUDA reserved when measured on a GPU, else the estimated peak of the step."""
+    """The run's memory peak: CUDA reserved when measured on a GPU, else predicted for one, else the
+    estimated peak of the step."""
     import pandas as pd
 
-    for col in ("cuda_max_reserved_bytes", "estimated_peak_bytes"):
+    for col in ("cuda_max_reserved_bytes", "predicted_max_reserved_bytes", "estimated_peak_bytes"):
         v = row[col]
         if not pd.isna(v):
             return int(v)
@@ -138,7 +139,7 @@ def summary_table(db: str, keys: list[str], budget: int | None = None) -> Table 
         return None
     title = f"sweep results ({len(df)} runs in {db})"
     if budget:
-        title += f"; budget {human_bytes(budget)} (CUDA reserved on a GPU, else the estimated peak)"
+        title += f"; budget {human_bytes(budget)} (CUDA reserved, measured or predicted; else the estimated peak)"
     table = Table(title=title)
     cols = [("model", "left"), ("method", "left"), ("seq", "right"), ("dtype", "left"), ("batch: status", "left"),
             ("largest ok batch", "right"), ("peak there", "right"), ("activations there", "right")]
@@ -211,6 +212,11 @@ def sweep(
     dtypes: str = typer.Option(None, "--dtypes", help="comma-separated dtypes (default fp32)"),
     device: str = typer.Option(None, "--device", help="cpu, fake or cuda (default: cuda if a GPU is here, else fake)"),
     attn: str = typer.Option(None, "--attn", help="attention implementation: eager or sdpa (default sdpa)"),
+    target: str = typer.Option(None, "--target", help="what --device fake predicts: cuda (default) or cpu"),
+    gpu: str = typer.Option(None, "--gpu", help="the GPU a cuda target predicts (default a100-80gb)"),
+    optimizer: str = typer.Option(None, "--optimizer", help="adamw (default), adamw-foreach, adamw-fused, "
+                                                            "adamw-forloop or sgd"),
+    alloc_conf: str = typer.Option(None, "--alloc-conf", help="allocator options (PYTORCH_CUDA_ALLOC_CONF)"),
     override: list[str] = typer.Option(None, "--override", help="model config KEY=VALUE for every run (repeatable)"),
     option: list[str] = typer.Option(None, "--option", "-o", help="method option METHOD.KEY=VALUE (repeatable)"),
     tiny: bool = typer.Option(None, "--tiny/--no-tiny", help="tiny what-if models (tests, smoke runs)"),
@@ -279,7 +285,8 @@ def sweep(
                 dtypes=pick(_split(dtypes, "--dtypes"), "dtypes", ["fp32"]),
                 device=pick(device, "device") or default_device(), attn=pick(attn, "attn", "sdpa"),
                 overrides=overrides, method_options=grid_opts, tiny=bool(pick(tiny, "tiny", False)),
-                seed=pick(seed, "seed", 0))
+                seed=pick(seed, "seed", 0), target=pick(target, "target"), gpu=pick(gpu, "gpu"),
+                optimizer=pick(optimizer, "optimizer", "adamw"), alloc_conf=pick(alloc_conf, "alloc_conf"))
     if grid is not None:
         _check_models(grid.models)
         specs = grid.expand()

@@ -34,12 +34,17 @@ class Peak:
 class LiveMemoryTracker(TorchDispatchMode):
     """Usage: `with tracker: step()`; set `tracker.phase` as the step moves on."""
 
-    def __init__(self, known: list[torch.Tensor] = (), weights: list[torch.Tensor] | None = None):
+    def __init__(self, known: list[torch.Tensor] = (), weights: list[torch.Tensor] | None = None,
+                 host_device: str | None = None):
         """`known`: tensors allocated before the step (never tracked). `weights`: those of them
         whose casts/copies are weight copies (parameters, buffers); default: all of `known`.
-        Pass model inputs in `known` only: a cast of an input is an activation, not a weight copy."""
+        Pass model inputs in `known` only: a cast of an input is an activation, not a weight copy.
+        `host_device`: storages on this device type are host memory (`host_ids`), e.g. "cpu"
+        when the step runs on a GPU."""
         super().__init__()
         self.phase = "forward"
+        self._host_device = host_device
+        self.host_ids: set[int] = set()  # records in host memory (see host_device, mark_host)
         # Keyed by id(storage object): the object lives exactly as long as the storage (see the
         # module doc), and each entry is removed by that object's weakref callback, so an id is
         # never looked up after it could be reused. Plain dicts: this runs once per op.
@@ -91,6 +96,8 @@ class LiveMemoryTracker(TorchDispatchMode):
         self._live[key] = rid
         self.sizes.append(st.nbytes())
         self.events.append((1, rid, self.phase))
+        if self._host_device is not None and st.device.type == self._host_device:
+            self.host_ids.add(rid)
         if from_weight:
             self.weight_copy_ids.add(rid)
         self._refs[rid] = weakref.ref(st, lambda _r, rid=rid, key=key: self._free(rid, key))
@@ -105,6 +112,17 @@ class LiveMemoryTracker(TorchDispatchMode):
 
     def record_id(self, tensor: torch.Tensor) -> int | None:
         return self._live.get(id(tensor.untyped_storage()))
+
+    def mark_host(self, tensor: torch.Tensor) -> None:
+        """Say that `tensor`'s storage lives in host memory on the device being modelled."""
+        rid = self.record_id(tensor)
+        if rid is not None:
+            self.host_ids.add(rid)
+
+    @property
+    def event_count(self) -> int:
+        """Events so far: a position on the time line (for events other profilers add beside it)."""
+        return len(self.events)
 
     # ---- results ----------------------------------------------------------
     def live_bytes(self, exclude: set[int] = frozenset()) -> int:

@@ -5,13 +5,14 @@ The profilers stack like this; each knows nothing of methods or backbones:
     LiveMemoryTracker (dispatch mode: every storage, alloc -> free)
       SavedTensorLedger (saved-tensor + module hooks: bytes saved per module)
         [CudaAllocatorStats per phase, NvmlSampler thread]   on CUDA only
-          forward -> loss.backward() -> optimizer.step()
+          [modes: e.g. membench.gpu's CUDA emulation]         innermost, given by the caller
+            forward -> loss.backward() -> optimizer.step()
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,14 +40,19 @@ def default_loss(output) -> torch.Tensor:
     raise TypeError("cannot find a tensor in the model output to build a loss; pass loss_fn")
 
 
-def _unique_bytes(tensors) -> int:
-    seen, total = set(), 0
+def _storage_sizes(tensors) -> list[int]:
+    """Bytes of each distinct storage, in first-seen order."""
+    seen, out = set(), []
     for t in tensors:
         st = t.untyped_storage()
         if id(st) not in seen:
             seen.add(id(st))
-            total += st.nbytes()
-    return total
+            out.append(st.nbytes())
+    return out
+
+
+def _unique_bytes(tensors) -> int:
+    return sum(_storage_sizes(tensors))
 
 
 @dataclass
@@ -69,6 +75,9 @@ class StepProfile:
     loss: float | None
     cuda: dict = field(default_factory=dict)
     nvml: dict = field(default_factory=dict)
+    prestep_bytes: list[int] = field(default_factory=list)  # storages allocated before the step, in order
+    live: LiveMemoryTracker | None = None  # its time line: every storage of the step, born and freed
+    optimizer_name: str = ""
 
 
 def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor, *,
@@ -76,8 +85,16 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
                  groups: dict[nn.Module, str] | None = None,
                  optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
                  cuda: bool = False, snapshot_path: str | None = None, track_live: bool = True,
-                 read_loss: bool = True) -> StepProfile:
-    """Run one step of `model` on `batch` under the profilers and return what they measured."""
+                 read_loss: bool = True, modes: Sequence[Any] = (), host_device: str | None = None,
+                 host_state: Callable[[torch.optim.Optimizer], Iterable[torch.Tensor]] | None = None
+                 ) -> StepProfile:
+    """Run one step of `model` on `batch` under the profilers and return what they measured.
+
+    `modes`: context managers entered innermost around the step; profile_step sets
+    their `phase` attribute as the step moves on and their `live` attribute to the
+    live tracker, where they have one. `host_device` and `host_state`
+    tell the live tracker which storages live in host memory: those on that device
+    type, and the optimizer state tensors `host_state(optimizer)` names."""
     params = [p for p in model.parameters()]
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
@@ -86,7 +103,8 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
     inputs = _flatten_tensors(batch)
     known = params + list(model.buffers()) + inputs
 
-    tracker = LiveMemoryTracker(known, weights=params + list(model.buffers())) if track_live else None
+    tracker = (LiveMemoryTracker(known, weights=params + list(model.buffers()), host_device=host_device)
+               if track_live else None)
     ledger = SavedTensorLedger(model, groups, inputs=tuple(inputs),
                                is_weight_copy=tracker.is_weight_copy if tracker else None)
     cuda_stats = CudaAllocatorStats(snapshot_path=snapshot_path) if cuda else None
@@ -97,6 +115,9 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
             tracker.phase = name
         if nvml is not None:
             nvml.phase = name
+        for m in modes:
+            if hasattr(m, "phase"):
+                m.phase = name
         return cuda_stats.phase(name) if cuda_stats else contextlib.nullcontext()
 
     model.train()
@@ -108,6 +129,10 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
         if tracker is not None:
             stack.enter_context(tracker)
         stack.enter_context(ledger)
+        for m in modes:
+            if hasattr(m, "live"):
+                m.live = tracker
+            stack.enter_context(m)
         with phase("forward"):
             out = _call(model, batch)
             loss = loss_fn(out)
@@ -122,6 +147,9 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
             loss_value = float(loss.detach()) if read_loss else None
             del out, loss
     state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    if tracker is not None and host_state is not None:
+        for t in host_state(opt):
+            tracker.mark_host(t)
 
     report = ledger.report()
     grad_bytes, opt_bytes = _unique_bytes(grads), _unique_bytes(state)
@@ -130,7 +158,7 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
     input_bytes = _unique_bytes(inputs)
     if tracker is not None:
         grad_ids = {tracker.record_id(g) for g in grads} - {None}
-        opt_ids = {tracker.record_id(t) for t in state} - {None}
+        opt_ids = ({tracker.record_id(t) for t in state} - {None}) | tracker.host_ids
         # activations + temporaries over forward and backward (the optimizer's own temporaries
         # are in peak_by_phase["optimizer"] and in the step's estimated peak)
         act_peak = tracker.peak(exclude=grad_ids | opt_ids, phases=("forward", "backward"))
@@ -159,6 +187,9 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
         loss=loss_value,
         cuda=cuda_stats.summary() if cuda_stats else {},
         nvml=nvml.summary() if nvml else {},
+        prestep_bytes=_storage_sizes([*params, *model.buffers(), *inputs]),
+        live=tracker,
+        optimizer_name=type(opt).__name__,
     )
     opt.zero_grad(set_to_none=True)
     return result

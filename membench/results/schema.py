@@ -84,8 +84,20 @@ def _v2(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    # v3: what the figures describe (target cpu | cuda, the GPU) and the allocator model's predictions.
+    _script(conn, """
+    ALTER TABLE runs ADD COLUMN target TEXT;
+    ALTER TABLE runs ADD COLUMN gpu TEXT;
+    ALTER TABLE runs ADD COLUMN optimizer TEXT;
+    ALTER TABLE runs ADD COLUMN predicted_max_allocated_bytes INTEGER;
+    ALTER TABLE runs ADD COLUMN predicted_max_reserved_bytes INTEGER;
+    ALTER TABLE runs ADD COLUMN predicted_activation_bytes_paper INTEGER
+    """)
+
+
 # MIGRATIONS[i] takes a database from version i to version i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

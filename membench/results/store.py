@@ -22,7 +22,10 @@ RESULT_INT_COLUMNS = (
     "optimizer_bytes", "estimated_peak_bytes", "recompute_bytes", "buffer_bytes", "input_bytes",
     "weight_copy_bytes", "num_params", "num_trainable_params",
 )
-CONFIG_COLUMNS = ("model", "method", "batch_size", "seq_len", "dtype", "device", "attn")
+CONFIG_COLUMNS = ("model", "method", "batch_size", "seq_len", "dtype", "device", "attn", "target", "gpu",
+                  "optimizer")
+# RunResult.predicted_cuda keys stored as columns (prefixed predicted_)
+PREDICTED_COLUMNS = ("max_allocated_bytes", "max_reserved_bytes", "activation_bytes_paper")
 
 
 def _now() -> str:
@@ -130,6 +133,9 @@ def store_result(db_path: str | os.PathLike, result=None, *, kind: str = "memory
     row["wall_s"] = _float(wall_s) if wall_s is not None else _float(res.get("wall_s"))
     row["cuda_max_allocated_bytes"] = _int(cuda.get("max_allocated_bytes"))
     row["cuda_max_reserved_bytes"] = _int(cuda.get("max_reserved_bytes"))
+    predicted = res.get("predicted_cuda") or {}
+    for col in PREDICTED_COLUMNS:
+        row[f"predicted_{col}"] = _int(predicted.get(col))
     row["error"] = error
     row["membench_version"] = prov.get("membench") or _membench_version()
     row["torch_version"] = prov.get("torch")

@@ -7,7 +7,8 @@
     seq_lens = [128, 256, 512, 1024]
     batch_sizes = [1, 4, 16]
     dtypes = ["bf16"]
-    device = "cuda"
+    device = "fake"          # predict without a GPU (target cuda on `gpu`), or "cuda" to measure
+    gpu = "rtx4090-24gb"
     timeout = 900
     early_stop = "batch_size"
 
@@ -35,7 +36,7 @@ from ..errors import UserError
 LIST_KEYS = {"models": str, "methods": str, "seq_lens": int, "batch_sizes": int, "dtypes": str}
 SCALAR_KEYS = {"name": str, "device": str, "attn": str, "db": str, "timeout": (int, float), "early_stop": (str, bool),
                "executor": str, "ray_address": str, "jobs": int, "seed": int, "tiny": bool, "start_method": str,
-               "budget": (str, int, float)}
+               "budget": (str, int, float), "target": str, "gpu": str, "optimizer": str, "alloc_conf": str}
 TABLE_KEYS = ("overrides", "options", "train")
 ALLOWED = sorted([*LIST_KEYS, *SCALAR_KEYS, *TABLE_KEYS])
 

@@ -31,6 +31,10 @@ class RunSpec:
     tiny: bool = False
     seed: int = 0
     pretrained: str | None = None
+    target: str | None = None  # None: the device's default (fake -> cuda on the default GPU)
+    gpu: str | None = None
+    optimizer: str = "adamw"
+    alloc_conf: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +70,10 @@ class Grid:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method name -> options
     tiny: bool = False
     seed: int = 0
+    target: str | None = None
+    gpu: str | None = None
+    optimizer: str = "adamw"
+    alloc_conf: str | None = None
 
     def validate(self) -> Grid:
         for axis in AXES:
@@ -89,6 +97,11 @@ class Grid:
             raise UserError(f"unknown device {self.device!r}; allowed: {', '.join(DEVICES)}")
         if self.attn not in ("eager", "sdpa"):
             raise UserError(f"unknown attention implementation {self.attn!r}; allowed: eager, sdpa")
+        from .. import optimizers
+        from ..gpu.target import resolve
+
+        optimizers.check(self.optimizer)
+        resolve(self.device, self.target, self.gpu, self.alloc_conf)  # the combination, with clear errors
         for name in self.method_options:
             if name not in {m.split("+")[0] for m in self.methods} and name not in self.methods:
                 raise UserError(f"options given for method {name!r}, which is not in the grid's methods "
@@ -105,7 +118,8 @@ class Grid:
             for b in sorted(self.batch_sizes):
                 out.append(RunSpec(model=model, method=method, batch_size=b, seq_len=seq_len, dtype=dtype,
                                    device=self.device, attn=self.attn, overrides=dict(self.overrides),
-                                   method_options=opts, tiny=self.tiny, seed=self.seed))
+                                   method_options=opts, tiny=self.tiny, seed=self.seed, target=self.target,
+                                   gpu=self.gpu, optimizer=self.optimizer, alloc_conf=self.alloc_conf))
         return out
 
     @property

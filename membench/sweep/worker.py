@@ -90,7 +90,9 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             result = profile(spec["model"], spec["method"], batch_size=spec["batch_size"], seq_len=spec["seq_len"],
                              dtype=spec["dtype"], device=spec["device"], attn=spec.get("attn", "sdpa"),
                              overrides=overrides_for(spec), method_options=spec.get("method_options") or None,
-                             pretrained=spec.get("pretrained"), seed=spec.get("seed", 0))
+                             pretrained=spec.get("pretrained"), seed=spec.get("seed", 0), target=spec.get("target"),
+                             gpu=spec.get("gpu"), optimizer=spec.get("optimizer") or "adamw",
+                             alloc_conf=spec.get("alloc_conf"))
             record = {"status": "ok", "result": result.to_dict(), "error": None}
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a record
         if isinstance(exc, KeyboardInterrupt | SystemExit):

@@ -179,7 +179,8 @@ def test_pretrained_loads_local_checkpoint_on_cpu(checkpoint, monkeypatch):
 def test_pretrained_on_fake_matches_cpu(checkpoint):
     path, _ = checkpoint
     kw = dict(batch_size=2, seq_len=8, pretrained=str(path), dtype="bf16")
-    assert profile(None, "lora", device="fake", **kw).layer_bytes == profile(None, "lora", device="cpu", **kw).layer_bytes
+    assert (profile(None, "lora", device="fake", target="cpu", **kw).layer_bytes
+            == profile(None, "lora", device="cpu", **kw).layer_bytes)
 
 
 def test_pretrained_missing_folder(tmp_path):

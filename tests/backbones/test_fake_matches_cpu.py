@@ -21,7 +21,7 @@ CASES = list(itertools.product(("bert", "opt"), ("fp32", "bf16"), ("eager", "sdp
 def test_fake_equals_cpu_per_layer(family, dtype, attn, method):
     model, ov = tiny(family)
     kw = dict(batch_size=2, seq_len=12, dtype=dtype, attn=attn, overrides=ov)
-    fake = profile(model, method, device="fake", **kw)
+    fake = profile(model, method, device="fake", target="cpu", **kw)
     cpu = profile(model, method, device="cpu", **kw)
     assert [r.name for r in fake.layers] == [r.name for r in cpu.layers]
     assert fake.layer_bytes == cpu.layer_bytes

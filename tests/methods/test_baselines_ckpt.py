@@ -22,8 +22,8 @@ _one_thread = pytest.fixture(autouse=True, scope="module")(baselines_util.one_th
 B, S, H, LAYERS = 2, 16, 32, 3
 
 
-def run(family, method):
-    return profile(FAMILY_MODELS[family], method, batch_size=B, seq_len=S, device="fake",
+def run(family, method, target="cpu"):
+    return profile(FAMILY_MODELS[family], method, batch_size=B, seq_len=S, device="fake", target=target,
                    overrides=overrides(family, method, layers=LAYERS))
 
 
@@ -83,7 +83,8 @@ def test_adapters_and_prefix_are_recomputed_in_their_layer():
 def test_fake_matches_cpu_with_checkpointing():
     for family in ("opt", "llama"):
         ov = overrides(family, "full", layers=2)
-        fake = profile(FAMILY_MODELS[family], "prefix+ckpt", batch_size=B, seq_len=S, device="fake", overrides=ov)
+        fake = profile(FAMILY_MODELS[family], "prefix+ckpt", batch_size=B, seq_len=S, device="fake", target="cpu",
+                       overrides=ov)
         cpu = profile(FAMILY_MODELS[family], "prefix+ckpt", batch_size=B, seq_len=S, device="cpu", overrides=ov)
         assert [(r.activation_bytes, r.recompute_bytes) for r in fake.layers] == \
                [(r.activation_bytes, r.recompute_bytes) for r in cpu.layers]
@@ -94,7 +95,7 @@ def test_fake_equals_cpu_for_every_baseline_bf16(family):
     """The fake backend predicts the CPU run to the byte: per layer (forward and recompute) and the peak."""
     for method in ("houlsby", "pfeiffer", "prefix", "ia3", "bitfit", "houlsby+ckpt"):
         kw = dict(batch_size=2, seq_len=12, dtype="bf16", overrides=overrides(family, method))
-        fake = profile(FAMILY_MODELS[family], method, device="fake", **kw)
+        fake = profile(FAMILY_MODELS[family], method, device="fake", target="cpu", **kw)
         cpu = profile(FAMILY_MODELS[family], method, device="cpu", **kw)
         assert [(r.name, r.activation_bytes, r.recompute_bytes) for r in fake.layers] == \
                [(r.name, r.activation_bytes, r.recompute_bytes) for r in cpu.layers], method

@@ -124,13 +124,30 @@ def test_migration_from_v1_keeps_rows(tmp_path):
     assert "series" not in tables
 
     df = results.load(db)  # opening migrates
-    assert schema.schema_version(db) == results.SCHEMA_VERSION == 2
+    assert schema.schema_version(db) == results.SCHEMA_VERSION == 3
     assert len(df) == 1 and df.iloc[0]["activation_bytes"] == 123456 and df.iloc[0]["attempts"] == 1
+    assert pd.isna(df.iloc[0]["target"]) and pd.isna(df.iloc[0]["predicted_max_reserved_bytes"])  # v3 columns
     assert df.iloc[0]["created_at"] == pd.Timestamp("2025-01-02T03:04:05", tz="UTC")
     assert list(results.load_layers(db)["activation_bytes"]) == [123000]
     rid = results.store_result(db, make_result(), series={"loss": [1.0]})
     assert len(results.load(db)) == 2 and list(results.load_series(db)["run_id"]) == [rid]
     assert results.completed_keys(db) == {"old"}
+
+
+def test_target_and_predicted_columns(tmp_path):
+    db = tmp_path / "r.db"
+    r = make_result()
+    r.target, r.gpu, r.optimizer = "cuda", "h100-80gb", "adamw-foreach"
+    r.predicted_cuda = {"max_allocated_bytes": 1000, "max_reserved_bytes": 2048, "activation_bytes_paper": 700}
+    results.store_result(db, r)
+    results.store_result(db, make_result(2))
+    df = results.load(db)
+    row = df.iloc[0]
+    assert (row["target"], row["gpu"], row["optimizer"]) == ("cuda", "h100-80gb", "adamw-foreach")
+    assert (row["predicted_max_allocated_bytes"], row["predicted_max_reserved_bytes"],
+            row["predicted_activation_bytes_paper"]) == (1000, 2048, 700)
+    assert pd.isna(df.iloc[1]["predicted_max_reserved_bytes"])
+    assert list(results.load(db, target="cuda")["batch_size"]) == [r.batch_size]
 
 
 def test_wal_mode_and_integrity(tmp_path):

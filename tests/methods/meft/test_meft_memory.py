@@ -12,8 +12,8 @@ ROTATE = {"bert": "meft1", "roberta": "meft2", "bart": "meft3", "opt": "meft1", 
 B, S, D = 2, 32, 32
 
 
-def _run(family, method, layers, device="cpu", options=None, hidden=D):
-    return profile(FAMILY_MODELS[family], method, batch_size=B, seq_len=S, device=device,
+def _run(family, method, layers, device="cpu", options=None, hidden=D, target=None):
+    return profile(FAMILY_MODELS[family], method, batch_size=B, seq_len=S, device=device, target=target,
                    overrides=tiny_overrides(family, layers=layers, hidden=hidden), method_options=options)
 
 
@@ -76,7 +76,7 @@ def test_checkpoints_and_fp64_streams_cost_what_the_docs_say():
 def test_fake_backend_matches_cpu(family):
     """Fake tensors (no data-dependent control flow, RNG capture works) give the CPU run's bytes."""
     method = ROTATE[family]
-    fake, cpu = _run(family, method, 2, device="fake"), _run(family, method, 2, device="cpu")
+    fake, cpu = _run(family, method, 2, device="fake", target="cpu"), _run(family, method, 2, device="cpu")
     assert fake.recompute_bytes == cpu.recompute_bytes > 0
     for name, nbytes in cpu.layer_bytes.items():
         extra = fake.layer_bytes[name] - nbytes
