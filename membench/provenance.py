@@ -47,5 +47,5 @@ def provenance(device: str) -> dict:
     if device == "cuda":
         info["device_name"] = torch.cuda.get_device_name()
     elif device == "fake":
-        info["device_name"] = "fake (FakeTensorMode, CPU kernels)"
+        info["device_name"] = "fake (FakeTensorMode: shapes only, no memory)"
     return info

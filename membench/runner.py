@@ -90,9 +90,12 @@ class _StepSetup:
                 modes.append(self.routing)
             self.kernel = KernelAllocations(target.gpu)
             modes.append(self.kernel)
+        # a CUDA target runs a second step: the allocator figures a training loop shows once the
+        # optimizer state exists (steady state), as well as the first step's
         self.kwargs = dict(optimizer=optimizers.factory(optimizer, target.kind), modes=modes,
                            host_device="cpu" if device == "cuda" else None,
-                           host_state=optimizers.host_state if target.kind == "cuda" else None)
+                           host_state=optimizers.host_state if target.kind == "cuda" else None,
+                           steps=2 if target.kind == "cuda" else 1)
 
     def predicted_cuda(self, step) -> dict | None:
         """Replay the step's allocations through the allocator model (target cuda only)."""
@@ -101,9 +104,10 @@ class _StepSetup:
         from .gpu.predict import AllocationTrace, predict
 
         live = step.live
-        trace = AllocationTrace(prestep=step.prestep_bytes, sizes=live.sizes, events=live.events,
+        trace = AllocationTrace(prestep=step.prestep_bytes, sizes=live.sizes, events=live.events[:step.live_end],
                                 host=live.host_ids, kernel=self.kernel.events)
-        out = predict(trace, config=self.target.alloc_conf, context_bytes=self.target.gpu.context_bytes)
+        out = predict(trace, phases=step.phases, config=self.target.alloc_conf,
+                      context_bytes=self.target.gpu.context_bytes)
         out["gpu"] = self.target.gpu_name
         out["sdpa_backends"] = dict(self.routing.choices) if self.routing is not None else {}
         out["kernel_allocations"] = [{"label": label, "bytes": n, "kind": kind, "phase": ph}
@@ -274,6 +278,9 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
         batch = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     elif device == "cuda":
         batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        # the step starts as in a fresh training process: what building cached (initialisation
+        # temporaries) goes back, so reserved memory is the weights' segments, as the model assumes
+        torch.cuda.empty_cache()
     groups, order = layer_groups(trained, family, base)
     say("profiling one training step")
     torch.manual_seed(seed)

@@ -104,13 +104,14 @@ class CudaRouting(TorchFunctionMode):
 
     `live` (set by profile_step) is the live tracker, told of outputs that a real
     GPU keeps in host memory (the memory-efficient kernel's philox seed and offset);
-    `choices` counts the SDPA backends picked."""
+    `choices` counts the SDPA backends picked in the first step (forward and recompute)."""
 
     def __init__(self, gpu: GpuSpec, prefer_cudnn: bool | None = None):
         super().__init__()
         self.gpu = gpu
         self.prefer_cudnn = gpu.prefers_cudnn_sdpa if prefer_cudnn is None else prefer_cudnn
         self.live = None
+        self.phase = "forward"  # set by profile_step; choices are counted in the first step only
         self.choices: Counter[str] = Counter()
 
     def env(self) -> SdpaEnv:
@@ -181,7 +182,8 @@ class CudaRouting(TorchFunctionMode):
              enable_gqa=False):
         call = describe_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
         backend = choose_backend(call, self.env())
-        self.choices[backend] += 1
+        if "." not in self.phase:  # "forward.2" etc.: a later step runs the same calls again
+            self.choices[backend] += 1
         run = {"flash": self._flash, "efficient": self._efficient, "cudnn": self._cudnn, "math": self._math}[backend]
         return run(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, call.requires_grad)
 

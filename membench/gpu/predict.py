@@ -37,10 +37,14 @@ def _phase_stats(alloc: CachingAllocatorModel) -> dict[str, int]:
             "allocated_end_bytes": alloc.allocated}
 
 
-def predict(trace: AllocationTrace, *, config: AllocatorConfig | None = None, capacity: int | None = None,
-            context_bytes: int = 0) -> dict:
+def predict(trace: AllocationTrace, *, phases: list[str] | None = None, config: AllocatorConfig | None = None,
+            capacity: int | None = None, context_bytes: int = 0) -> dict:
     """Replay `trace`; the figures `torch.cuda.memory_stats()` would give, overall and per phase.
 
+    `phases`: the phases in the order they ran (default forward, backward, optimizer, then
+    any other in order of appearance); a phase without events is reported flat.
+    `first_step` has the peaks of the first forward/backward/optimizer alone; the top-level
+    figures cover every step traced (with `profile_step(steps=2)`: the steady state).
     `capacity`: bytes the allocator may reserve (None: unlimited). If the step does
     not fit, the result has `oom` = {phase, requested_bytes, reserved_bytes} and the
     figures up to that point."""
@@ -49,9 +53,9 @@ def predict(trace: AllocationTrace, *, config: AllocatorConfig | None = None, ca
     kernel_at: dict[int, list] = defaultdict(list)
     for ev in trace.kernel:
         kernel_at[ev[0]].append(ev)
-    order = list(PHASES) + [p for _s, _r, p in trace.events if p not in PHASES]
-    order = list(dict.fromkeys(order))
-    phases: dict[str, dict[str, int]] = {}
+    seen = [p for _s, _r, p in trace.events] + [ev[4] for ev in trace.kernel]
+    order = list(dict.fromkeys([*(phases or PHASES), *seen]))
+    phases_out: dict[str, dict[str, int]] = {}
     current = -1  # index in `order` of the phase being replayed
     handles: dict[int, int | None] = {}
     workspace = start_allocated = 0
@@ -61,11 +65,11 @@ def predict(trace: AllocationTrace, *, config: AllocatorConfig | None = None, ca
         """Close the current phase and any phase without events up to `to`; peaks reset at each start."""
         nonlocal current
         if current >= 0:
-            phases[order[current]] = _phase_stats(alloc)
+            phases_out[order[current]] = _phase_stats(alloc)
         for i in range(current + 1, to + 1):
             alloc.reset_peaks()
             if i < to:
-                phases[order[i]] = _phase_stats(alloc)
+                phases_out[order[i]] = _phase_stats(alloc)
         current = to
 
     def kernel_events(pos: int) -> None:
@@ -100,15 +104,17 @@ def predict(trace: AllocationTrace, *, config: AllocatorConfig | None = None, ca
         kernel_events(len(trace.events))
         if current < len(order) - 1:
             advance(len(order) - 1)
-        phases[order[current]] = _phase_stats(alloc)
+        phases_out[order[current]] = _phase_stats(alloc)
     except OutOfMemory as exc:
         oom = {"phase": order[current] if current >= 0 else "before the step", "requested_bytes": exc.requested,
                "reserved_bytes": exc.reserved, "capacity_bytes": exc.capacity}
         if current >= 0:
-            phases[order[current]] = _phase_stats(alloc)
+            phases_out[order[current]] = _phase_stats(alloc)
 
-    max_allocated = max([p["max_allocated_bytes"] for p in phases.values()] + [start_allocated])
-    max_reserved = max([p["max_reserved_bytes"] for p in phases.values()] + [alloc.reserved])
+    stats = phases_out
+    max_allocated = max([p["max_allocated_bytes"] for p in stats.values()] + [start_allocated])
+    max_reserved = max([p["max_reserved_bytes"] for p in stats.values()] + [alloc.reserved])
+    first = [stats[p] for p in PHASES if p in stats]
     after = alloc.allocated
     return {
         "max_allocated_bytes": max_allocated,
@@ -121,6 +127,8 @@ def predict(trace: AllocationTrace, *, config: AllocatorConfig | None = None, ca
         "nvidia_smi_bytes": max_reserved + context_bytes,
         "segments": alloc.num_segments,
         "alloc_conf": config.to_string(),
-        "phases": {name: phases[name] for name in order if name in phases},
+        "first_step": {"max_allocated_bytes": max([p["max_allocated_bytes"] for p in first], default=0),
+                       "max_reserved_bytes": max([p["max_reserved_bytes"] for p in first], default=0)},
+        "phases": {name: stats[name] for name in order if name in stats},
         "oom": oom,
     }

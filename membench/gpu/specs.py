@@ -79,7 +79,10 @@ def names() -> list[str]:
     return list(GPUS)
 
 
-def get(name: str) -> GpuSpec:
+def get(name: str | GpuSpec) -> GpuSpec:
+    """The table entry `name` (a GpuSpec passes through: a GPU that is not in the table)."""
+    if isinstance(name, GpuSpec):
+        return name
     key = str(name).strip().lower()
     if key not in GPUS:
         raise UserError(f"unknown GPU {name!r}; known GPUs: {', '.join(GPUS)}")

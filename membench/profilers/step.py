@@ -76,7 +76,9 @@ class StepProfile:
     cuda: dict = field(default_factory=dict)
     nvml: dict = field(default_factory=dict)
     prestep_bytes: list[int] = field(default_factory=list)  # storages allocated before the step, in order
-    live: LiveMemoryTracker | None = None  # its time line: every storage of the step, born and freed
+    live: LiveMemoryTracker | None = None  # its time line: every storage of the step(s), born and freed
+    phases: list[str] = field(default_factory=list)  # the phases run, in order
+    live_end: int = 0  # the live tracker's event count when the last step ended (later events: teardown)
     optimizer_name: str = ""
 
 
@@ -86,15 +88,20 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
                  optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
                  cuda: bool = False, snapshot_path: str | None = None, track_live: bool = True,
                  read_loss: bool = True, modes: Sequence[Any] = (), host_device: str | None = None,
-                 host_state: Callable[[torch.optim.Optimizer], Iterable[torch.Tensor]] | None = None
-                 ) -> StepProfile:
+                 host_state: Callable[[torch.optim.Optimizer], Iterable[torch.Tensor]] | None = None,
+                 steps: int = 1) -> StepProfile:
     """Run one step of `model` on `batch` under the profilers and return what they measured.
 
     `modes`: context managers entered innermost around the step; profile_step sets
     their `phase` attribute as the step moves on and their `live` attribute to the
     live tracker, where they have one. `host_device` and `host_state`
     tell the live tracker which storages live in host memory: those on that device
-    type, and the optimizer state tensors `host_state(optimizer)` names."""
+    type, and the optimizer state tensors `host_state(optimizer)` names.
+
+    `steps` > 1 runs more training steps after the first (zero_grad, forward, backward,
+    optimizer), seen only by the live tracker, the CUDA statistics and the modes: what a
+    training loop holds once the optimizer state exists. Their phases are "forward.2",
+    "backward.2", "optimizer.2"... Everything else describes the first step."""
     params = [p for p in model.parameters()]
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
@@ -110,7 +117,11 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
     cuda_stats = CudaAllocatorStats(snapshot_path=snapshot_path) if cuda else None
     nvml = NvmlSampler() if cuda else None
 
+    ran: list[str] = []
+
     def phase(name):
+        if name not in ran:
+            ran.append(name)
         if tracker is not None:
             tracker.phase = name
         if nvml is not None:
@@ -128,42 +139,61 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
             stack.enter_context(cuda_stats)
         if tracker is not None:
             stack.enter_context(tracker)
-        stack.enter_context(ledger)
         for m in modes:
             if hasattr(m, "live"):
                 m.live = tracker
-            stack.enter_context(m)
-        with phase("forward"):
-            out = _call(model, batch)
-            loss = loss_fn(out)
-        ledger.phase = RECOMPUTE
-        with phase("backward"):
-            loss.backward()
-        grads = [p.grad for p in trainable if p.grad is not None]
-        with phase("optimizer"):
-            opt.step()
-            # a training loop drops the outputs (logits) before the next step: release them inside the
-            # phase, so that what stays allocated after it is weights, gradients and optimizer state
-            loss_value = float(loss.detach()) if read_loss else None
-            del out, loss
-    state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-    if tracker is not None and host_state is not None:
-        for t in host_state(opt):
-            tracker.mark_host(t)
+        with contextlib.ExitStack() as first:  # step 1: everything is measured, the ledger included
+            first.enter_context(ledger)
+            for m in modes:
+                first.enter_context(m)
+            with phase("forward"):
+                out = _call(model, batch)
+                loss = loss_fn(out)
+            ledger.phase = RECOMPUTE
+            with phase("backward"):
+                loss.backward()
+            grads = [p.grad for p in trainable if p.grad is not None]
+            with phase("optimizer"):
+                opt.step()
+                # a training loop drops the outputs (logits) before the next step: release them inside the
+                # phase, so that what stays allocated after it is weights, gradients and optimizer state
+                loss_value = float(loss.detach()) if read_loss else None
+                del out, loss
+        state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+        if tracker is not None and host_state is not None:
+            for t in host_state(opt):
+                tracker.mark_host(t)
+        grad_ids = {tracker.record_id(g) for g in grads} - {None} if tracker is not None else set()
+        grad_bytes = _unique_bytes(grads)
+        del grads  # later steps free them (zero_grad): hold no reference
+        for n in range(2, steps + 1):  # later steps: the optimizer state exists from the start (steady state)
+            with contextlib.ExitStack() as later:
+                for m in modes:
+                    later.enter_context(m)
+                with phase(f"forward.{n}"):
+                    opt.zero_grad(set_to_none=True)  # what a training loop does before each step
+                    loss = loss_fn(_call(model, batch))
+                with phase(f"backward.{n}"):
+                    loss.backward()
+                with phase(f"optimizer.{n}"):
+                    opt.step()
+                    del loss
+        # what happens after this (the caller dropping the optimizer, zero_grad below) is not the step
+        live_end = tracker.event_count if tracker is not None else 0
 
     report = ledger.report()
-    grad_bytes, opt_bytes = _unique_bytes(grads), _unique_bytes(state)
+    opt_bytes = _unique_bytes(state)
     param_bytes = _unique_bytes(params)
     buffer_bytes = _unique_bytes(list(model.buffers()))
     input_bytes = _unique_bytes(inputs)
     if tracker is not None:
-        grad_ids = {tracker.record_id(g) for g in grads} - {None}
         opt_ids = ({tracker.record_id(t) for t in state} - {None}) | tracker.host_ids
         # activations + temporaries over forward and backward (the optimizer's own temporaries
-        # are in peak_by_phase["optimizer"] and in the step's estimated peak)
+        # are in peak_by_phase["optimizer"] and in the step's estimated peak); first step only
+        first_step = ("forward", "backward", "optimizer")
         act_peak = tracker.peak(exclude=grad_ids | opt_ids, phases=("forward", "backward"))
-        step_peak = tracker.peak(exclude=opt_ids).bytes
-        by_phase = tracker.peaks_by_phase(exclude=grad_ids | opt_ids)
+        step_peak = tracker.peak(exclude=opt_ids, phases=first_step).bytes
+        by_phase = {k: v for k, v in tracker.peaks_by_phase(exclude=grad_ids | opt_ids).items() if k in first_step}
         peak_bytes, peak_phase = act_peak.bytes, act_peak.phase
     else:
         peak_bytes, peak_phase, by_phase = report.total(FORWARD), "forward", {}
@@ -189,6 +219,8 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
         nvml=nvml.summary() if nvml else {},
         prestep_bytes=_storage_sizes([*params, *model.buffers(), *inputs]),
         live=tracker,
+        phases=ran,
+        live_end=live_end,
         optimizer_name=type(opt).__name__,
     )
     opt.zero_grad(set_to_none=True)

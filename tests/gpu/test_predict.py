@@ -71,3 +71,23 @@ def test_out_of_memory_is_reported_with_its_phase():
                         events=[(1, 0, "forward"), (1, 1, "forward"), (-1, 0, "backward")])
     p = predict(t, capacity=50 * MiB)  # both at once: 70 MiB
     assert p["oom"]["phase"] == "forward" and p["oom"]["requested_bytes"] == 30 * MiB
+
+
+def test_what_stays_after_the_step_is_weights_gradients_and_state():
+    """On a real profile: after two steps the allocator holds the weights, buffers, the batch, the
+    gradients, AdamW's two moments and the cuBLAS workspaces; the step counters live on the host
+    (foreach). Nothing the
+    profiler does after the step (dropping the optimizer) is in the figures."""
+    from membench import profile
+    from membench.backbones.tiny import tiny
+
+    model, ov = tiny("opt", layers=2)
+    r = profile(model, "full", batch_size=2, seq_len=16, device="fake", overrides=ov)
+    p = r.predicted_cuda
+    host_steps = r.optimizer_bytes - 2 * r.trainable_param_bytes  # AdamW: exp_avg + exp_avg_sq, then steps
+    assert host_steps > 0 and host_steps % 4 == 0  # one fp32 scalar per trainable tensor
+    exact = (r.param_bytes + r.buffer_bytes + r.input_bytes + r.grad_bytes + 2 * r.trainable_param_bytes
+             + p["cublas_workspace_bytes"])
+    blocks = 3 * (host_steps // 4) + 40  # weights, grads and state of each tensor, buffers and inputs
+    assert exact <= p["allocated_after_step_bytes"] <= exact + 511 * blocks
+    assert p["activation_bytes_paper"] == p["max_allocated_bytes"] - p["allocated_after_step_bytes"]
