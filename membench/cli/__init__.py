@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="How much memory fine-tuning a transformer costs, layer by layer.")
 
 # Importing a command module registers its command(s) on `app`.
-from . import bench_compare, listing, report, results, run, sweep, train, verify  # noqa: E402,F401
+from . import bench_compare, fit, listing, report, results, run, sweep, train, verify  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

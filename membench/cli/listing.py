@@ -1,4 +1,4 @@
-"""`membench list`: the registered models and methods."""
+"""`membench list`: the registered models and methods (`--gpus`: the GPUs a prediction can target)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,14 @@ def list_(verbose: bool = typer.Option(False, "--verbose", "-v",
                                       help="show each method's options, and what trains on --model"),
           model: str = typer.Option("bert-base", "--model", "-m",
                                     help="with --verbose: the model each method is built on (on meta, no memory)"),
+          gpus: bool = typer.Option(False, "--gpus", help="list the GPUs `--gpu` can name, and nothing else"),
           ) -> None:
     """List the models and methods membench knows."""
     from .. import backbones, methods
 
+    if gpus:
+        console.print(gpu_table())
+        return
     if verbose:
         backbones.get(model)  # an unknown --model fails before anything is printed
 
@@ -51,6 +55,23 @@ def list_(verbose: bool = typer.Option(False, "--verbose", "-v",
     console.print(table)
     if verbose:
         console.print(_trainable_table(model))
+
+
+def gpu_table() -> Table:
+    """The shipped GPU table (membench.gpu.specs): what `--gpu` can name."""
+    from ..gpu import specs
+    from .format import human_bytes
+
+    t = Table(title="GPUs a CUDA target can name (--gpu)",
+              caption=f"default {specs.DEFAULT_GPU}; ~ typical CUDA context with lazy loading, varies with the driver")
+    for col, just in (("name", "left"), ("device name", "left"), ("compute", "right"), ("memory", "right"),
+                      ("cuBLAS workspace", "right"), ("~ CUDA context", "right"), ("SDPA order", "left")):
+        t.add_column(col, justify=just)
+    for g in specs.GPUS.values():
+        order = "cudnn first" if g.prefers_cudnn_sdpa else "flash first"
+        t.add_row(g.name, g.label, g.compute_capability, human_bytes(g.memory_bytes),
+                  human_bytes(g.cublas_workspace_bytes), human_bytes(g.context_bytes), order)
+    return t
 
 
 def _trainable_table(model: str) -> Table:

@@ -1,0 +1,217 @@
+"""Will it fit on my GPU? The largest batch size per method (and sequence length), predicted without a GPU.
+
+For each (method, sequence length) a search over batch sizes runs fake-tensor profiles
+with a CUDA target (membench.runner.profile). A batch size fits when the predicted
+steady-state `max_memory_reserved` (allocator model, two training steps) plus the CUDA
+context stays within the GPU's memory less the headroom:
+
+    fits(b)  <=>  predicted_max_reserved(b) + context  <=  memory * (1 - headroom)
+
+Memory grows about linearly in b, so the search aims each probe where the line through
+the costs known so far meets the budget (`search_batch`): typically four profiles per row
+(b = 1, 8, the estimate and its neighbour) instead of one per batch size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from .errors import UserError
+
+
+@dataclass
+class FitRow:
+    model: str
+    method: str
+    seq_len: int
+    gpu: str
+    dtype: str
+    max_batch_size: int  # 0: even batch size 1 does not fit
+    predicted_max_reserved_bytes: int | None  # at max_batch_size (steady state)
+    budget_bytes: int
+    context_bytes: int
+    first_failing_batch_size: int | None = None  # None: the search stopped at max_batch_size
+    first_failing_reserved_bytes: int | None = None
+    over_by_bytes: int | None = None  # reserved + context - budget at the first failing batch size
+    probes: dict[int, int] = field(default_factory=dict)  # batch size -> predicted reserved bytes
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["probes"] = {str(k): v for k, v in sorted(self.probes.items())}
+        return d
+
+
+def budget(gpu: str, headroom: float) -> tuple[int, int]:
+    """(bytes a step may use including the context, context bytes) on `gpu`."""
+    from .gpu import specs
+
+    spec = specs.get(gpu)
+    if not 0.0 <= headroom < 1.0:
+        raise UserError(f"--headroom {headroom:g}: expected a fraction in [0, 1), e.g. 0.05")
+    return int(spec.memory_bytes * (1.0 - headroom)), spec.context_bytes
+
+
+def search_batch(cost: Callable[[int], int], limit: int, max_batch_size: int) -> tuple[int, int | None]:
+    """The largest b in 1..max_batch_size with cost(b) <= limit, and the first b that does not fit
+    (None if every b up to max_batch_size fits). Assumes cost grows with b.
+
+    Memory is nearly affine in b, so probes aim where the line through the known costs
+    meets the limit: out from b = 1 and 8 until a batch size fails, then within the bracket
+    [largest fit, smallest failure] the secant's estimate and its neighbour on the other
+    side of the limit (with an exact line these two end the search). Where segment
+    rounding makes the cost a staircase and they do not, bisection finishes: at most
+    log2 of the bracket more."""
+    seen: dict[int, int] = {}
+    lo, hi = 0, None
+
+    def probe(b: int) -> bool:
+        """Cost b (once) and narrow the bracket; True when the search is over."""
+        nonlocal lo, hi
+        if lo < b and (hi is None or b < hi):
+            if b not in seen:
+                seen[b] = cost(b)
+            if seen[b] <= limit:
+                lo = b
+            else:
+                hi = b
+        return (hi is not None and hi - lo <= 1) or (hi is None and lo >= max_batch_size)
+
+    if probe(1) or probe(min(8, max_batch_size)):
+        return lo, hi
+    wide = True  # extrapolate with the slope from b = 1; after a miss, with the local one too
+    while hi is None:
+        slope = (seen[lo] - seen[1]) / (lo - 1)
+        if not wide and lo - 1 in seen:  # the estimate fell short: the line bends up, use the larger slope
+            slope = max(slope, seen[lo] - seen[lo - 1])
+        step = int((limit - seen[lo]) / slope) if slope > 0 else lo  # no growth seen: double
+        est = min(max(lo + step, lo + 1), max_batch_size)
+        if probe(est):
+            return lo, hi
+        if hi is None and probe(est + 1):  # the estimate fit: its neighbour may end the search
+            return lo, hi
+        if hi is None and not wide and probe(min(2 * lo, max_batch_size)):  # short twice: double
+            return lo, hi
+        wide = False
+    rise = seen[hi] - seen[lo]
+    est = lo + int((limit - seen[lo]) * (hi - lo) / rise) if rise > 0 else (lo + hi) // 2
+    est = min(max(est, lo + 1), hi - 1)
+    if probe(est) or probe(est + 1 if lo == est else est - 1):
+        return lo, hi
+    while not probe((lo + hi) // 2):  # the line misled (rounding steps): plain bisection from here
+        pass
+    return lo, hi
+
+
+def fit(model: str, methods: list[str], *, gpu: str, seq_lens: list[int], dtype: str = "fp32",
+        attn: str = "sdpa", headroom: float = 0.05, optimizer: str = "adamw", alloc_conf: str | None = None,
+        overrides: dict | None = None, max_batch_size: int = 4096, jobs: int | None = None,
+        progress: Callable[[str], None] | None = None) -> list[FitRow]:
+    """One FitRow per (method, sequence length): the largest batch size predicted to fit on `gpu`.
+
+    `jobs`: rows searched at once, each in a worker process (default: one per CPU core, at
+    most one per row; 1 searches here, in this process)."""
+    from . import backbones, dtypes, optimizers
+    from . import methods as registry
+    from .gpu.allocator import AllocatorConfig
+
+    say = progress or (lambda _msg: None)
+    limit, context = budget(gpu, headroom)
+    if not methods:
+        raise UserError("--methods: give at least one method, e.g. full,lora,meft3")
+    for m in methods:
+        registry.resolve(m)
+    if not seq_lens or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in seq_lens):
+        raise UserError(f"--seq-lens {seq_lens}: expected positive integers")
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size <= 0:
+        raise UserError(f"--max-batch-size {max_batch_size!r}: expected a positive integer")
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs {jobs}: expected a positive integer")
+    optimizers.check(optimizer)
+    AllocatorConfig.parse(alloc_conf)
+    dtype = dtypes.short(dtype)
+    config = backbones.make_config(backbones.get(model), overrides, attn=attn)
+    positions = backbones.family_for(config.model_type).max_positions(config)
+    too_long = [s for s in seq_lens if s > positions]
+    if too_long:
+        raise UserError(f"sequence length {too_long[0]} is longer than {model}'s {positions} positions")
+
+    task = dict(model=model, gpu=gpu, dtype=dtype, attn=attn, optimizer=optimizer, alloc_conf=alloc_conf,
+                overrides=overrides, limit=limit, context=context, max_batch_size=max_batch_size)
+    keys = [(method, seq) for method in methods for seq in seq_lens]
+    jobs = min(jobs or os.cpu_count() or 1, len(keys))
+    if jobs == 1:
+        return [_search_row(method, seq, task, say) for method, seq in keys]
+    return _in_workers(keys, task, jobs, say)
+
+
+def _search_row(method: str, seq: int, task: dict, say: Callable[[str], None]) -> FitRow:
+    """The search for one (method, sequence length): fake-tensor profiles, CUDA target."""
+    from .runner import profile
+
+    probes: dict[int, int] = {}
+    limit, context = task["limit"], task["context"]
+
+    def cost(b: int) -> int:
+        say(f"{method} s{seq}: batch {b}")
+        r = profile(task["model"], method, batch_size=b, seq_len=seq, dtype=task["dtype"], attn=task["attn"],
+                    device="fake", target="cuda", gpu=task["gpu"], optimizer=task["optimizer"],
+                    alloc_conf=task["alloc_conf"], overrides=task["overrides"])
+        probes[b] = r.predicted_cuda["max_reserved_bytes"]
+        return probes[b] + context
+
+    best, fail = search_batch(cost, limit, task["max_batch_size"])
+    return FitRow(model=task["model"], method=method, seq_len=seq, gpu=task["gpu"], dtype=task["dtype"],
+                  max_batch_size=best, predicted_max_reserved_bytes=probes.get(best), budget_bytes=limit,
+                  context_bytes=context, first_failing_batch_size=fail,
+                  first_failing_reserved_bytes=probes.get(fail) if fail else None,
+                  over_by_bytes=probes[fail] + context - limit if fail else None, probes=probes)
+
+
+_messages = None  # a worker's queue back to the parent (progress lines)
+
+
+def _worker_init(queue) -> None:
+    global _messages
+    _messages = queue
+
+
+def _worker_row(method: str, seq: int, task: dict) -> FitRow:
+    return _search_row(method, seq, task, _messages.put if _messages is not None else (lambda _m: None))
+
+
+def _in_workers(keys: list[tuple[str, int]], task: dict, jobs: int, say: Callable[[str], None]) -> list[FitRow]:
+    """Search the rows in `jobs` processes forked from a server that imported torch once (no CUDA)."""
+    import multiprocessing
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                      else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(["membench.sweep.preload"])
+    messages = ctx.Queue()
+    latest: dict[str, str] = {}
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(messages,)) as pool:
+        futures = {pool.submit(_worker_row, method, seq, task): (method, seq) for method, seq in keys}
+        pending = set(futures)
+        try:
+            while pending:
+                _done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                while True:
+                    try:
+                        msg = messages.get_nowait()
+                    except queue_mod.Empty:
+                        break
+                    latest[msg.split(":")[0]] = msg
+                for f in _done:
+                    method, seq = futures[f]
+                    latest.pop(f"{method} s{seq}", None)
+                finished = len(futures) - len(pending)
+                say(f"{finished}/{len(futures)} rows done; " + "; ".join(latest.values()))
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+        return [f.result() for f in futures]

@@ -1,0 +1,154 @@
+"""`membench fit`: the batch-size search, the fit against the profiles it rests on, the CLI and its errors."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from membench import profile
+from membench.backbones.tiny import tiny
+from membench.errors import UserError
+from membench.fit import budget, fit, search_batch
+from membench.gpu import specs
+
+MiB = 2**20
+
+
+def _search(cost, limit, most):
+    calls = []
+    lo, hi = search_batch(lambda b: calls.append(b) or cost(b), limit, most)
+    return lo, hi, calls
+
+
+def _truth(cost, limit, most):
+    return max((b for b in range(1, most + 1) if cost(b) <= limit), default=0)
+
+
+def test_an_exact_line_takes_four_profiles():
+    cost = lambda b: 3_000 * MiB + 450 * MiB * b  # noqa: E731
+    lo, hi, calls = _search(cost, 20_000 * MiB, 4096)
+    assert (lo, hi) == (37, 38) and calls == [1, 8, 37, 38]
+
+
+def test_edges():
+    assert _search(lambda b: 100 * b, 50, 4096)[:2] == (0, 1)  # batch 1 does not fit
+    assert _search(lambda b: 100 * b, 10**9, 64)[:2] == (64, None)  # everything fits up to the cap
+    assert _search(lambda b: 100 * b, 10**9, 1) == (1, None, [1])
+    assert _search(lambda b: 100, 10**9, 500)[:2] == (500, None)  # flat: steps out to the cap
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rounded_and_bent_costs_find_the_boundary(seed):
+    """Segment rounding (2 or 20 MiB) and a bend (cached blocks absorb small batches): still the true
+    boundary, in a handful of profiles."""
+    rng = random.Random(seed)
+    for _ in range(200):
+        base, slope = rng.randint(0, 20_000) * MiB, rng.randint(1, 2_000) * MiB
+        grain, knee = rng.choice([512, 2 * MiB, 20 * MiB]), rng.randint(1, 40)
+        cost = lambda b, base=base, slope=slope, grain=grain, knee=knee: -(  # noqa: E731
+            -(base + slope * max(b, knee) + slope // 3 * b) // grain) * grain
+        limit = rng.randint(0, 80_000) * MiB
+        lo, hi, calls = _search(cost, limit, 4096)
+        truth = _truth(cost, limit, 4096)
+        assert lo == truth and hi == (truth + 1 if truth < 4096 else None)
+        assert len(calls) <= 6 + 12, calls  # extrapolation, secant + neighbour, then log2(4096) halvings
+
+
+def test_budget_and_its_errors():
+    spec = specs.get("rtx4090-24gb")
+    assert budget("rtx4090-24gb", 0.1) == (int(spec.memory_bytes * 0.9), spec.context_bytes)
+    for bad in (-0.1, 1.0, 2):
+        with pytest.raises(UserError, match="--headroom"):
+            budget("rtx4090-24gb", bad)
+    with pytest.raises(UserError, match="known GPUs: v100-32gb"):
+        budget("a200", 0.05)
+
+
+def test_fit_agrees_with_the_profiles_it_rests_on():
+    """A small OPT on what a V100 leaves at 98.8% headroom (~83 MiB beyond the context): the batch size
+    found fits by its own profile, the next one does not, and the row says by how much."""
+    model, ov = tiny("opt", layers=2, hidden=128, heads=2)
+    rows = fit(model, ["full", "meft1"], gpu="v100-32gb", seq_lens=[128], dtype="fp32", headroom=0.988,
+               overrides=ov, jobs=1)
+    assert [(r.method, r.seq_len) for r in rows] == [("full", 128), ("meft1", 128)]
+    limit, context = budget("v100-32gb", 0.988)
+    for r in rows:
+        assert r.max_batch_size >= 1 and r.first_failing_batch_size == r.max_batch_size + 1
+
+        def reserved(b, r=r):
+            return profile(model, r.method, batch_size=b, seq_len=r.seq_len, dtype="fp32", device="fake",
+                           target="cuda", gpu="v100-32gb", overrides=ov).predicted_cuda["max_reserved_bytes"]
+
+        assert reserved(r.max_batch_size) == r.predicted_max_reserved_bytes
+        assert r.predicted_max_reserved_bytes + context <= limit
+        assert reserved(r.max_batch_size + 1) == r.first_failing_reserved_bytes
+        assert r.first_failing_reserved_bytes + context - limit == r.over_by_bytes > 0
+        assert len(r.probes) <= 10, r.probes
+    assert rows[1].max_batch_size > rows[0].max_batch_size  # MEFT's activations are flat in depth
+
+
+def test_fit_in_worker_processes_gives_the_same_rows():
+    model, ov = tiny("opt", layers=2)
+    kw = dict(gpu="v100-32gb", seq_lens=[64], dtype="fp32", headroom=0.99, overrides=ov)
+    here = fit(model, ["full", "lora"], jobs=1, **kw)
+    there = fit(model, ["full", "lora"], jobs=2, **kw)
+    assert [r.to_dict() for r in here] == [r.to_dict() for r in there]
+
+
+def test_cli_writes_the_table_and_json(cli, tmp_path):
+    model, ov = tiny("opt", layers=2)
+    out = tmp_path / "fit.json"
+    args = ["fit", "-m", model, "--methods", "full,meft3", "--gpu", "v100-32gb", "--seq-lens", "64,128",
+            "--headroom", "0.988", "--jobs", "1", "--out", str(out)]
+    for k, v in ov.items():
+        args += ["--override", f"{k}={v}"]
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    assert "opt-125m on v100-32gb" in stdout and "meft3" in stdout
+    data = json.loads(out.read_text())
+    assert data["gpu"] == "v100-32gb" and len(data["rows"]) == 4
+    for row in data["rows"]:
+        assert {"method", "max_batch_size", "predicted_max_reserved_bytes", "gpu", "seq_len"} <= set(row)
+        assert row["gpu"] == "v100-32gb" and row["max_batch_size"] >= 1
+
+
+def test_cli_when_nothing_fits(cli, tmp_path):
+    """Batch 1 of bert-base full fine-tuning does not fit what a V100 leaves at 99% headroom."""
+    out = tmp_path / "fit.json"
+    code, stdout, err = cli("fit", "-m", "bert-base", "--methods", "full", "--gpu", "v100-32gb", "--headroom",
+                            "0.99", "--seq-len", "128", "--out", str(out))
+    assert code == 0, err
+    assert "bert-base on v100-32gb" in stdout
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["max_batch_size"] == 0 and row["predicted_max_reserved_bytes"] is None
+    assert row["first_failing_batch_size"] == 1 and row["over_by_bytes"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpu", "a200"], "unknown GPU 'a200'; known GPUs: v100-32gb"),
+    (["--methods", "full,nope"], "unknown method 'nope'"),
+    (["--seq-len", "0"], "--seq-lens [0]: expected positive integers"),
+    (["--seq-lens", "128,-5"], "expected positive integers"),
+    (["--seq-lens", "128,x"], "--seq-lens: 'x' is not an integer"),
+    (["--seq-len", "4096"], "longer than bert-base's 512 positions"),
+    (["--headroom", "1.5"], "--headroom 1.5: expected a fraction in [0, 1)"),
+    (["--max-batch-size", "0"], "--max-batch-size 0: expected a positive integer"),
+    (["--jobs", "0"], "--jobs 0: expected a positive integer"),
+    (["--optimizer", "adam"], "unknown optimizer 'adam'"),
+    (["--dtype", "int8"], "dtype"),
+    (["-m", "bert-huge"], "unknown model 'bert-huge'"),
+])
+def test_cli_bad_input_exits_2_with_one_line(cli, args, message):
+    code, _out, err = cli("fit", "-m", "bert-base", "--methods", "full", *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+def test_cli_bad_out_path_writes_nothing(cli, tmp_path):
+    code, _out, err = cli("fit", "-m", "bert-base", "--out", str(tmp_path / "no" / "such" / "fit.json"))
+    assert code == 2 and "does not exist" in err
+    code, _out, err = cli("fit", "-m", "bert-base", "--out", str(tmp_path))
+    assert code == 2 and "is a folder" in err
