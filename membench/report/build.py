@@ -213,9 +213,10 @@ def render_html(data, blocks) -> str:
              f"({', '.join(f'{v} {k}' for k, v in kinds.items())}; "
              f"{', '.join(f'{v} {k}' for k, v in statuses.items())}) · devices: {_e('; '.join(devices))} · "
              f"generated {now}</p>",
-             "<p class='note'>Memory is in binary units (1 MiB = 2<sup>20</sup> bytes). <b>fake</b> runs are "
-             "predictions from FakeTensorMode with CPU kernels (no memory used); <b>cpu</b> and <b>cuda</b> runs are "
-             "measured on real tensors. Figures never mix devices on one axis.</p>"]
+             "<p class='note'>Memory is in binary units (1 MiB = 2<sup>20</sup> bytes). <b>predicted</b> runs "
+             "ran on fake tensors (no memory used) for a target: a CUDA GPU (its kernels' saved tensors, the "
+             "caching allocator modelled) or CPU kernels; <b>cpu</b> and <b>cuda</b> runs are measured on real "
+             "tensors. Figures never mix devices or targets on one axis.</p>"]
     by_section: dict[str, list] = {}
     for f, png, b64 in blocks:
         by_section.setdefault(f.section, []).append((f, png, b64))

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import UserError
 
-FAKE_NAME = "fake tensors: CPU kernels, no memory used"
+FAKE_NAME = "fake tensors, no memory used"
 
 
 @dataclass
@@ -82,7 +82,10 @@ def add_labels(runs) -> None:
         labels.append(str(m) + (f" ({' '.join(extra)})" if extra else ""))
     runs["method_label"] = labels
     names = runs["device_name"].fillna("").astype(str) if "device_name" in runs else [""] * len(runs)
-    runs["device_label"] = [device_label(d, n) for d, n in zip(runs["device"].astype(str), names, strict=True)]
+    targets = runs["target"].fillna("").astype(str) if "target" in runs else [""] * len(runs)
+    gpus = runs["gpu"].fillna("").astype(str) if "gpu" in runs else [""] * len(runs)
+    runs["device_label"] = [device_label(d, n, t, g) for d, n, t, g in
+                            zip(runs["device"].astype(str), names, targets, gpus, strict=True)]
 
 
 def _train_knobs(cfg: dict) -> dict:
@@ -104,9 +107,14 @@ def _model_label(model, cfg: dict) -> str:
     return label
 
 
-def device_label(device: str, name: str) -> str:
+def device_label(device: str, name: str, target: str = "", gpu: str = "") -> str:
+    """What a run's figures describe: measured on a device, or predicted for a target (fake tensors)."""
     if device == "fake":
-        return f"fake ({FAKE_NAME})"
+        if target == "cuda":
+            return f"predicted for CUDA {gpu} ({FAKE_NAME})"
+        if target == "cpu":
+            return f"predicted for CPU kernels ({FAKE_NAME})"
+        return f"fake ({FAKE_NAME})"  # runs stored before targets existed (schema < 3): CPU kernels
     if name and name != device:
         return f"{device} ({name})"
     return device

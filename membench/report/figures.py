@@ -80,7 +80,8 @@ def wrap(text: str, width: int = 95) -> str:
 
 
 def _where(device_label: str, dtype: str) -> str:
-    return f"device {device_label}, {dtype}"
+    where = device_label if device_label.startswith("predicted") else f"device {device_label}"
+    return f"{where}, {dtype}"
 
 
 # ---- memory against sequence length / batch size ------------------------------------------------------------------

@@ -111,7 +111,7 @@ def test_html_is_self_contained_with_tables_and_provenance(report, fixture_db):
     assert "CUDA out of memory (fixture)" in page  # the failed run is listed with its error
     assert "dominated" in page and "frontier" in page
     # titles name device and dtype
-    assert "device fake" in page and "fp32" in page
+    assert "predicted for CUDA a100-80gb" in page and "fp32" in page  # what the fake runs describe
 
 
 def test_pareto_frontier_in_the_report_matches_the_data(report, fixture_db):
@@ -166,3 +166,12 @@ def test_report_imports_no_torch():
     code = ("import sys, membench.report, membench.cli.report; from membench.report import figures, build; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_device_label_names_the_target():
+    from membench.report.data import device_label
+
+    assert device_label("fake", "", "cuda", "h100-80gb") == "predicted for CUDA h100-80gb (fake tensors, no memory used)"
+    assert device_label("fake", "", "cpu", "") == "predicted for CPU kernels (fake tensors, no memory used)"
+    assert device_label("fake", "") == "fake (fake tensors, no memory used)"  # stored before targets existed
+    assert device_label("cuda", "NVIDIA H200", "cuda", "h200-141gb") == "cuda (NVIDIA H200)"
