@@ -107,6 +107,12 @@ def memory_info(result) -> dict:
     if result.cuda:
         info["cuda_bytes"] = {k: int(v) for k, v in result.cuda.items()
                               if k.endswith("_bytes") and isinstance(v, int) and not isinstance(v, bool)}
+    if result.predicted_cuda:  # fake tensors, CUDA target: the allocator model's figures, and per phase
+        p = result.predicted_cuda
+        info["predicted_cuda_bytes"] = {k: int(p[k]) for k in (
+            "max_allocated_bytes", "max_reserved_bytes", "allocated_after_step_bytes", "cublas_workspace_bytes")}
+        info["predicted_cuda_bytes"].update({f"{name}.max_allocated_bytes": int(v["max_allocated_bytes"])
+                                             for name, v in p["phases"].items()})
     return info
 
 
