@@ -85,12 +85,12 @@ def test_step_time(benchmark, small, variant):
     benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("size", sorted(SIZES, reverse=True))
-def test_overhead_against_bare_step(size):
-    """Interleaved rounds (bare, ledger, ledger+live, bare, ...) on one thread. The asserted figure
-    is CPU time (time.process_time) of the fastest round: on a shared, oversubscribed machine wall
-    time of a multi-threaded step varies several-fold from round to round, CPU time of a
-    single-threaded step does not, and the hooks' cost is CPU work. Wall time is printed too."""
+def measure_overhead(size: str, rounds: int = ROUNDS) -> dict:
+    """Interleaved rounds (bare, ledger, ledger+live, bare, ...) on one thread; per variant the CPU
+    time (time.process_time) and wall time of the fastest round, and the overheads over `bare`.
+    CPU time is the figure: on a shared, oversubscribed machine wall time of a multi-threaded step
+    varies several-fold from round to round, CPU time of a single-threaded step does not, and the
+    hooks' cost is CPU work."""
     import torch
 
     threads = torch.get_num_threads()
@@ -102,7 +102,7 @@ def test_overhead_against_bare_step(size):
             fn()
         cpu: dict[str, list[float]] = {k: [] for k in fns}
         wall: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             for name, fn in fns.items():
                 c0, w0 = time.process_time(), time.perf_counter()
                 fn()
@@ -111,15 +111,24 @@ def test_overhead_against_bare_step(size):
     finally:
         torch.set_num_threads(threads)
     best = {k: min(v) for k, v in cpu.items()}
-    over = {k: best[k] / best["bare"] - 1 for k in fns}
     wbest = {k: min(v) for k, v in wall.items()}
+    return {"size": size, **SIZES[size], "rounds": rounds, "cpu_s": best, "wall_s": wbest,
+            "overhead": {k: best[k] / best["bare"] - 1 for k in fns},
+            "wall_overhead": {k: wbest[k] / wbest["bare"] - 1 for k in fns}}
+
+
+@pytest.mark.parametrize("size", sorted(SIZES, reverse=True))
+def test_overhead_against_bare_step(size):
+    """The hooks' cost on a small CPU step (measure_overhead): asserted on CPU time, wall time printed."""
+    m = measure_overhead(size)
+    over, best, wbest = m["overhead"], m["cpu_s"], m["wall_s"]
     spec = SIZES[size]
     print(f"\nprofiler overhead, {size}: opt-125m shrunk to {spec['shape']['layers']} layers x "
           f"{spec['shape']['hidden']} (b{spec['batch_size']} s{spec['seq_len']} fp32 full, cpu, 1 thread, "
           f"best of {ROUNDS} interleaved rounds)")
-    for k in fns:
+    for k in best:
         print(f"  {k:12s} cpu {best[k] * 1e3:8.1f} ms ({100 * over[k]:+6.1f}%)   wall {wbest[k] * 1e3:8.1f} ms "
-              f"({100 * (wbest[k] / wbest['bare'] - 1):+6.1f}%)")
+              f"({100 * m['wall_overhead'][k]:+6.1f}%)")
     verdict = "OK" if over["ledger"] < OVERHEAD_TARGET else "MISSED"
     print(f"  target: the hooks (ledger) add < {100 * OVERHEAD_TARGET:.0f}%: {verdict} ({100 * over['ledger']:+.1f}%); "
           f"ledger + live tracker: {100 * over['ledger+live']:+.1f}% "

@@ -156,3 +156,15 @@ def test_alloc_conf_parsing():
                        ("garbage_collection_threshold:0.6", "not modelled")]:
         with pytest.raises(UserError, match=words):
             AllocatorConfig.parse(bad)
+
+
+def test_the_gpu_package_but_the_emulation_imports_no_torch():
+    """The allocator model, the replay, the SDPA rules, the GPU table and targets are plain Python."""
+    import subprocess
+    import sys
+
+    code = ("import sys, membench.gpu.allocator, membench.gpu.predict, membench.gpu.sdpa, membench.gpu.specs, "
+            "membench.gpu.target, membench.fit, membench.cli.fit; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

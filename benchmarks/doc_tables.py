@@ -1,0 +1,351 @@
+"""Write the figure tables of README.md and docs/ from measurements, never by hand.
+
+    python benchmarks/doc_tables.py                  # measure everything, save the JSON, rewrite the docs
+    python benchmarks/doc_tables.py memory fit       # only these measurements (and the tables they feed)
+    python benchmarks/doc_tables.py --check          # re-render from the committed JSON; exit 1 if a doc differs
+    python benchmarks/doc_tables.py --render         # re-render from the committed JSON into the docs
+
+A measurement (`memory`, `methods`, `fit`, `speed`) saves its figures with their provenance
+in docs/tables/<name>.json; each table is rendered from one of them and lives between
+markers in a markdown file:
+
+    <!-- membench:table NAME -->
+    ...written by this script...
+    <!-- /membench:table -->
+
+so `tests/test_doc_tables.py` re-renders every table in a second and fails when a doc was
+edited by hand, or when a renderer changed without the docs being rewritten. Memory figures
+are predictions for the CLI's default target (CUDA on an A100 80GB, fake tensors) unless a row
+says otherwise; MiB = 2^20 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "docs" / "tables"
+MiB = 2**20
+GPU = "a100-80gb"
+
+# ---- what is measured ---------------------------------------------------------------------------------------
+# (model, batch, sequence, dtype) as in the MEFT paper's comparisons
+MEMORY_SETTINGS = [("bert-base", 16, 512, "fp32"), ("roberta-large", 16, 512, "fp32"), ("opt-1.3b", 8, 512, "bf16")]
+MEMORY_METHODS = ["full", "lora", "meft1", "meft2", "meft3"]
+MEMORY_EXTRA = [("opt-1.3b", "meft1", {"frozen_bottom": 8, "plain_top": 8}),  # a partly reversible stack
+                ("bert-base", "meft3", {"checkpoint_every": 4}), ("bert-base", "meft3", {"checkpoint_every": 2}),
+                ("bert-base", "meft3", {"recon_dtype": "fp64"})]  # the numerical error bounds' memory
+CPU_ROW = ("bert-base", 16, 512, "fp32")  # one CPU-target row, so readers see what the target changes
+METHODS_SETTINGS = [("bert-base", 16, 512, "fp32"), ("opt-1.3b", 8, 512, "bf16")]
+FIT = {"model": "opt-1.3b", "methods": ["full", "lora", "meft3", "full+ckpt"], "gpu": "rtx4090-24gb",
+       "seq_len": 512, "dtype": "bf16"}
+SPEED_MODELS = {"opt-1.3b": {"wall_s": 20.0, "rss_gib": 1.0}, "llama-2-7b": {"wall_s": 60.0, "rss_gib": None}}
+
+
+def provenance() -> dict:
+    import torch
+    import transformers
+
+    from membench.provenance import git_revision
+
+    return {"date": time.strftime("%Y-%m-%d", time.gmtime()), "torch": torch.__version__,
+            "transformers": transformers.__version__, "membench": git_revision(), "cpu_count": os.cpu_count()}
+
+
+def _figures(r) -> dict:
+    p = r.predicted_cuda or {}
+    return {"activation_bytes": r.activation_bytes, "recompute_bytes": r.recompute_bytes,
+            "peak_activation_bytes": r.peak_activation_bytes, "peak_phase": r.peak_phase,
+            "num_params": r.num_params, "num_trainable_params": r.num_trainable_params, "target": r.target,
+            "gpu": r.gpu, "max_allocated_bytes": p.get("max_allocated_bytes"),
+            "max_reserved_bytes": p.get("max_reserved_bytes"), "sdpa_backends": p.get("sdpa_backends")}
+
+
+def _profile(model, method, batch, seq, dtype, options=None, target=None) -> dict:
+    from membench import profile
+
+    t0 = time.perf_counter()
+    r = profile(model, method, batch_size=batch, seq_len=seq, dtype=dtype, device="fake", target=target,
+                gpu=GPU if target != "cpu" else None, method_options=options)
+    print(f"  {model} {method} {options or ''} target {r.target}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return _figures(r)
+
+
+def measure_memory() -> dict:
+    rows = []
+    for model, b, s, dtype in MEMORY_SETTINGS:
+        for method in MEMORY_METHODS:
+            rows.append({"model": model, "method": method, "batch_size": b, "seq_len": s, "dtype": dtype,
+                         "options": {}, **_profile(model, method, b, s, dtype)})
+    for model, method, options in MEMORY_EXTRA:
+        _m, b, s, dtype = next(x for x in MEMORY_SETTINGS if x[0] == model)
+        rows.append({"model": model, "method": method, "batch_size": b, "seq_len": s, "dtype": dtype,
+                     "options": options, **_profile(model, method, b, s, dtype, options)})
+    model, b, s, dtype = CPU_ROW
+    for method in MEMORY_METHODS:
+        rows.append({"model": model, "method": method, "batch_size": b, "seq_len": s, "dtype": dtype,
+                     "options": {}, **_profile(model, method, b, s, dtype, target="cpu")})
+    return {"gpu": GPU, "rows": rows}
+
+
+def method_specs() -> list[str]:
+    """Every registered method (plugins included), then `full` and `lora` with every modifier."""
+    from membench import methods
+
+    specs = methods.names()
+    for mod in methods.modifier_names():
+        specs += [f"{base}+{mod}" for base in ("full", "lora") if base in specs]
+    return ["full"] + [s for s in specs if s != "full"]
+
+
+def measure_methods() -> dict:
+    from membench.errors import UserError
+
+    settings = []
+    for model, b, s, dtype in METHODS_SETTINGS:
+        rows = []
+        for spec in method_specs():
+            try:
+                rows.append({"method": spec, **_profile(model, spec, b, s, dtype)})
+            except (UserError, RuntimeError, ValueError, NotImplementedError) as exc:
+                rows.append({"method": spec, "error": str(exc).splitlines()[0][:90]})
+        settings.append({"model": model, "batch_size": b, "seq_len": s, "dtype": dtype, "rows": rows})
+    return {"gpu": GPU, "settings": settings}
+
+
+def measure_fit() -> dict:
+    from membench.fit import fit
+
+    t0 = time.perf_counter()
+    rows = fit(FIT["model"], FIT["methods"], gpu=FIT["gpu"], seq_lens=[FIT["seq_len"]], dtype=FIT["dtype"])
+    return {**FIT, "headroom": 0.05, "wall_s": round(time.perf_counter() - t0, 1),
+            "rows": [r.to_dict() for r in rows]}
+
+
+def measure_speed() -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_profiler import SIZES, measure_overhead, profile_in_fresh_process
+
+    rows = []
+    for model, target in SPEED_MODELS.items():
+        fig = profile_in_fresh_process(model)
+        rows.append({"model": model, "target_wall_s": target["wall_s"], "target_rss_gib": target["rss_gib"],
+                     **{k: round(fig[k], 2) for k in ("wall_s", "cpu_s", "import_s", "profile_s", "rss_gib")}})
+    return {"rows": rows, "overhead": [measure_overhead(size) for size in sorted(SIZES, reverse=True)]}
+
+
+MEASURE = {"memory": measure_memory, "methods": measure_methods, "fit": measure_fit, "speed": measure_speed}
+
+
+# ---- how it is shown ----------------------------------------------------------------------------------------
+def _mib(n) -> str:
+    return "-" if n is None else f"{n / MiB:,.0f}"
+
+
+def _mib1(n) -> str:
+    return f"{n / MiB:,.1f}"
+
+
+def _vs(n, ref) -> str:
+    return f"{100 * (n / ref - 1):+.0f}%"
+
+
+def _gib(n) -> str:
+    return f"{n / 2**30:,.2f} GiB"
+
+
+def _setting(r) -> str:
+    return f"{r['dtype']} b{r['batch_size']} s{r['seq_len']}"
+
+
+def _target(r) -> str:
+    return f"CUDA {r['gpu']}" if r["target"] == "cuda" else "CPU kernels"
+
+
+def render_headline(data: dict) -> str:
+    """README: peak activation per method, target cuda, plus the CPU row."""
+    lines = ["| model, setting | target | full | LoRA | MEFT1 | MEFT2 | MEFT3 |", "|---|---|---:|---:|---:|---:|---:|"]
+    groups: dict[tuple, dict] = {}
+    for r in data["rows"]:
+        if not r["options"]:
+            groups.setdefault((r["model"], _setting(r), _target(r)), {})[r["method"]] = r
+    for (model, setting, target), by in groups.items():
+        full = by["full"]["peak_activation_bytes"]
+        cells = [f"{_mib(full)} MiB"] + [
+            f"{_mib(by[m]['peak_activation_bytes'])} ({_vs(by[m]['peak_activation_bytes'], full)})"
+            for m in MEMORY_METHODS[1:]]
+        lines.append(f"| {model}, {setting} | {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_meft_memory(data: dict) -> str:
+    """docs/meft.md: the whole memory grid."""
+    lines = ["| model | method | setting | target | saved (MiB) | peak (MiB) | peak vs full | recomputed (MiB) "
+             "| trainable params | max allocated (MiB) |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    fulls = {(r["model"], r["target"]): r["peak_activation_bytes"] for r in data["rows"] if r["method"] == "full"}
+    for r in data["rows"]:
+        method = r["method"] + (", " + " ".join(f"`-o {k}={v}`" for k, v in r["options"].items())
+                                if r["options"] else "")
+        full = fulls[(r["model"], r["target"])]
+        vs = "0%" if r["method"] == "full" and not r["options"] else _vs(r["peak_activation_bytes"], full)
+        lines.append(f"| {r['model']} | {method} | {_setting(r)} | {_target(r)} | {_mib(r['activation_bytes'])} "
+                     f"| {_mib(r['peak_activation_bytes'])} | {vs} | {_mib(r['recompute_bytes'])} "
+                     f"| {r['num_trainable_params']:,} | {_mib(r['max_allocated_bytes'])} |")
+    return "\n".join(lines)
+
+
+def render_methods(data: dict) -> str:
+    """docs/methods.md: every registered method on each setting."""
+    out = []
+    for st in data["settings"]:
+        out.append(f"**{st['model']}**, batch {st['batch_size']}, sequence {st['seq_len']}, {st['dtype']}, "
+                   f"target CUDA {data['gpu']} (predicted)")
+        out.append("")
+        out.append("| method | trainable params | activation MiB | recompute MiB | peak activation MiB | peak in "
+                   "| activation vs full | peak vs full | SDPA kernel |")
+        out.append("|---|---:|---:|---:|---:|---|---:|---:|---|")
+        full = next(r for r in st["rows"] if r["method"] == "full")
+        for r in st["rows"]:
+            if "error" in r:
+                out.append(f"| {r['method']} | error: {r['error']} | | | | | | | |")
+                continue
+            pct = f"{100 * r['num_trainable_params'] / r['num_params']:.2f}%"
+            kernels = ", ".join(f"{k} x{v}" for k, v in sorted((r["sdpa_backends"] or {}).items())) or "-"
+            out.append(f"| {r['method']} | {r['num_trainable_params']:,} ({pct}) | {_mib1(r['activation_bytes'])} "
+                       f"| {_mib1(r['recompute_bytes'])} | {_mib1(r['peak_activation_bytes'])} | {r['peak_phase']} "
+                       f"| {100 * r['activation_bytes'] / full['activation_bytes']:.1f}% "
+                       f"| {100 * r['peak_activation_bytes'] / full['peak_activation_bytes']:.1f}% | {kernels} |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def render_fit(data: dict) -> str:
+    """README: `membench fit` on a 24 GB card."""
+    lines = [f"`membench fit -m {data['model']} --methods {','.join(data['methods'])} --gpu {data['gpu']} "
+             f"--dtype {data['dtype']} -s {data['seq_len']}` ({data['wall_s']:.0f} s on "
+             f"{data['provenance']['cpu_count']} cores):",
+             "", "| method | largest batch | predicted peak there (reserved + context) | next batch over by |",
+             "|---|---:|---:|---:|"]
+    for r in data["rows"]:
+        peak = (_gib(r["predicted_max_reserved_bytes"] + r["context_bytes"])
+                if r["predicted_max_reserved_bytes"] is not None else "-")
+        over = f"{_mib(r['over_by_bytes'])} MiB" if r["over_by_bytes"] is not None else "-"
+        lines.append(f"| {r['method']} | {r['max_batch_size']} | {peak} | {over} |")
+    return "\n".join(lines)
+
+
+def render_speed(data: dict) -> str:
+    """docs/profiling.md: the hooks' cost on a small CPU step; big models under fake tensors, fresh process."""
+    lines = ["| small CPU step (opt-125m's architecture, fp32 full, 1 thread, best of interleaved rounds) "
+             "| bare step | ledger | ledger + live tracker | target |", "|---|---:|---:|---:|---|"]
+    for m in data["overhead"]:
+        over, cpu = m["overhead"], m["cpu_s"]
+        shape = m["shape"]
+        ok = "met" if over["ledger"] < 0.15 else "MISSED"
+        lines.append(f"| {shape['layers']} layers x {shape['hidden']}, b{m['batch_size']} s{m['seq_len']} "
+                     f"| {cpu['bare'] * 1e3:,.0f} ms CPU | {100 * over['ledger']:+.1f}% | {100 * over['ledger+live']:+.1f}% "
+                     f"| ledger < +15%{': ' + ok if m['size'] == 'small' else ' (small model)'} |")
+    lines += ["", "| model (b8 s512 bf16 full, fake tensors, target CUDA, fresh process) | wall | CPU | of it imports "
+              "| peak RSS | target |", "|---|---:|---:|---:|---:|---|"]
+    for r in data["rows"]:
+        target = f"< {r['target_wall_s']:.0f} s" + (f", < {r['target_rss_gib']:.0f} GiB RSS"
+                                                     if r["target_rss_gib"] else "")
+        ok = r["wall_s"] < r["target_wall_s"] and (r["target_rss_gib"] is None or r["rss_gib"] < r["target_rss_gib"])
+        lines.append(f"| {r['model']} | {r['wall_s']:.1f} s | {r['cpu_s']:.1f} s | {r['import_s']:.1f} s "
+                     f"| {r['rss_gib'] * 1024:,.0f} MiB | {target} {'met' if ok else 'MISSED'} |")
+    return "\n".join(lines)
+
+
+def _stamp(data: dict) -> str:
+    p = data["provenance"]
+    return (f"<sub>Written by `python benchmarks/doc_tables.py {data['name']}` on {p['date']}: torch {p['torch']}, "
+            f"transformers {p['transformers']}, membench {(p['membench'] or '?')[:12]}.</sub>")
+
+
+# table name -> (file, measurement, renderer)
+TABLES = {
+    "headline": ("README.md", "memory", render_headline),
+    "fit": ("README.md", "fit", render_fit),
+    "meft-memory": ("docs/meft.md", "memory", render_meft_memory),
+    "methods": ("docs/methods.md", "methods", render_methods),
+    "speed": ("docs/profiling.md", "speed", render_speed),
+}
+MARK = re.compile(r"(<!-- membench:table (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /membench:table -->)", re.S)
+
+
+def render(name: str) -> str:
+    _file, measurement, fn = TABLES[name]
+    data = json.loads((DATA / f"{measurement}.json").read_text())
+    return fn(data) + "\n\n" + _stamp(data) + "\n"
+
+
+def rewrite(text: str, bodies: dict[str, str]) -> str:
+    def sub(m):
+        name = m.group("name")
+        return m.group(1) + bodies[name] + m.group(4) if name in bodies else m.group(0)
+
+    return MARK.sub(sub, text)
+
+
+def differences() -> list[str]:
+    """Tables whose text in their doc is not what the committed JSON renders to (or whose markers are missing)."""
+    out = []
+    for name, (file, _m, _fn) in TABLES.items():
+        text = (ROOT / file).read_text()
+        found = {m.group("name"): m.group("body") for m in MARK.finditer(text)}
+        if name not in found:
+            out.append(f"{file}: no markers for table {name!r}")
+        elif found[name] != render(name):
+            out.append(f"{file}: table {name!r} differs from what docs/tables/{TABLES[name][1]}.json renders to")
+    return out
+
+
+def write_docs(names: list[str]) -> None:
+    by_file: dict[str, dict[str, str]] = {}
+    for name in names:
+        by_file.setdefault(TABLES[name][0], {})[name] = render(name)
+    for file, bodies in by_file.items():
+        path = ROOT / file
+        path.write_text(rewrite(path.read_text(), bodies))
+        print(f"wrote {', '.join(bodies)} in {file}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("measurements", nargs="*", help=f"measure only these ({', '.join(MEASURE)}); default all")
+    p.add_argument("--check", action="store_true", help="compare the docs with the committed JSON; exit 1 on a diff")
+    p.add_argument("--render", action="store_true", help="rewrite the docs from the committed JSON, measure nothing")
+    args = p.parse_args(argv)
+    unknown = [m for m in args.measurements if m not in MEASURE]
+    if unknown:
+        print(f"error: unknown measurement {unknown[0]!r}; allowed: {', '.join(MEASURE)}", file=sys.stderr)
+        return 2
+    if args.check:
+        diffs = differences()
+        for d in diffs:
+            print(d)
+        return 1 if diffs else 0
+    todo = args.measurements or list(MEASURE)
+    if not args.render:
+        DATA.mkdir(parents=True, exist_ok=True)
+        for name in todo:
+            print(f"measuring {name}", file=sys.stderr)
+            data = {"name": name, "provenance": provenance(), **MEASURE[name]()}
+            tmp = DATA / f"{name}.json.tmp"
+            tmp.write_text(json.dumps(data, indent=1) + "\n")
+            tmp.replace(DATA / f"{name}.json")
+    write_docs([t for t, (_f, m, _fn) in TABLES.items() if args.render or m in todo])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
