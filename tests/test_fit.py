@@ -152,3 +152,11 @@ def test_cli_bad_out_path_writes_nothing(cli, tmp_path):
     assert code == 2 and "does not exist" in err
     code, _out, err = cli("fit", "-m", "bert-base", "--out", str(tmp_path))
     assert code == 2 and "is a folder" in err
+
+
+def test_list_gpus_shows_the_whole_table(cli):
+    code, out, _err = cli("list", "--gpus")
+    assert code == 0
+    for name in specs.names():  # folded where narrow, never cut
+        assert name in out
+    assert "cudnn" in out and "…" not in out

@@ -63,10 +63,12 @@ def gpu_table() -> Table:
     from .format import human_bytes
 
     t = Table(title="GPUs a CUDA target can name (--gpu)",
-              caption=f"default {specs.DEFAULT_GPU}; ~ typical CUDA context with lazy loading, varies with the driver")
-    for col, just in (("name", "left"), ("device name", "left"), ("compute", "right"), ("memory", "right"),
-                      ("cuBLAS workspace", "right"), ("~ CUDA context", "right"), ("SDPA order", "left")):
-        t.add_column(col, justify=just)
+              caption=f"default {specs.DEFAULT_GPU}; sm: compute capability; cuBLAS: its workspace; "
+                      "~context: typical CUDA context with lazy loading (varies with the driver); "
+                      "SDPA: which kernel CUDA tries first")
+    for col, just in (("name", "left"), ("device name", "left"), ("sm", "right"), ("memory", "right"),
+                      ("cuBLAS", "right"), ("~context", "right"), ("SDPA", "left")):
+        t.add_column(col, justify=just, overflow="fold", no_wrap=col == "name")  # never cut: fold
     for g in specs.GPUS.values():
         order = "cudnn first" if g.prefers_cudnn_sdpa else "flash first"
         t.add_row(g.name, g.label, g.compute_capability, human_bytes(g.memory_bytes),
