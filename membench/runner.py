@@ -176,6 +176,21 @@ def fakeify(module, mode):
     return module
 
 
+def _fake_cache(model, family, config) -> dict:
+    """On fake tensors, a decoder without a KV cache gets one that stores nothing (membench.backbones.cache):
+    the causal mask is then dropped as in the real run. Prompt learning (prefix) brings its own cache."""
+    from .backbones.cache import cache_argument, no_store_cache
+    from .methods.base import unwrap_peft
+
+    if not family.decoder or getattr(config, "use_cache", False):
+        return {}
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return {}
+    name = cache_argument(unwrap_peft(model))
+    return {name: no_store_cache()} if name else {}
+
+
 def layer_groups(model, family, base_model) -> tuple[dict, list[str]]:
     """Every module -> its report row: 'embeddings', '<stack>.<i>' or 'head'; and the row order."""
     groups = {m: "head" for m in model.modules()}
@@ -201,8 +216,7 @@ def build(model: str | None, method: str, *, dtype: str = "fp32", device: str = 
         spec = backbones.get(model) if model and not pretrained else None
         config = backbones.make_config(spec, overrides, attn=attn, pretrained=pretrained)
     family = backbones.family_for(config.model_type)
-    method_obj, modifiers = methods.resolve(method)
-    cfg = method_obj.make_config(family, method_options)
+    method_obj, cfg, modifiers = methods.configs(method, family, method_options)
     torch_dtype = dtypes.to_torch(dtype)
     config.dtype = torch_dtype  # transformers builds/loads in config.dtype (a checkpoint's config names one)
     with _default_dtype(torch_dtype):
@@ -220,8 +234,9 @@ def build(model: str | None, method: str, *, dtype: str = "fp32", device: str = 
         for p in base.parameters():
             p.requires_grad_(False)
         trained = method_obj.apply(base, family, cfg)
-        for mod in modifiers:
-            trained = mod.apply(trained, family, mod.make_config(family, {}))
+        for mod, mod_cfg in modifiers:
+            trained = mod.apply(trained, family, mod_cfg)
+    cfg.modifiers = modifiers  # (modifier, its config) pairs, for the run's resolved options
     return base, trained, family, config, cfg
 
 
@@ -276,6 +291,7 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
         mode = fake_mode()
         fakeify(trained, mode)
         batch = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch.update(_fake_cache(trained, family, config))
     elif device == "cuda":
         batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         # the step starts as in a fresh training process: what building cached (initialisation
@@ -292,7 +308,8 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
                             read_loss=device != "fake", track_live=track_live, **setup.kwargs)
     name = model or pretrained
     return _result(step, order, setup, model=name, method=method, batch_size=batch_size, seq_len=seq_len,
-                   dtype=dtype, device=device, attn=attn, overrides=overrides, method_options=cfg.to_dict(),
+                   dtype=dtype, device=device, attn=attn, overrides=overrides,
+                   method_options=methods.options_dict(cfg, cfg.modifiers),
                    config=config.to_dict(), wall_s=time.perf_counter() - t0, extra={"pretrained": pretrained})
 
 
@@ -381,6 +398,8 @@ def _result(step, order, setup: _StepSetup | None = None, *, model, method, batc
     prov["config"] = json.loads(json.dumps(config, default=str))
     prov.update({k: v for k, v in extra.items() if v is not None})
     prov["target"] = setup.target.describe()
+    if "use_cache" in prov["config"]:
+        prov["use_cache"] = bool(prov["config"]["use_cache"])  # training steps run without a KV cache by default
     return RunResult(
         model=model, method=method, batch_size=batch_size, seq_len=seq_len, dtype=dtypes.short(dtype),
         device=device, activation_bytes=step.activation_bytes, peak_activation_bytes=step.peak_activation_bytes,

@@ -49,8 +49,44 @@ def resolve(spec: str) -> tuple[Method, list[Method]]:
         m = get(p)
         if not m.is_modifier:
             raise UserError(f"{p!r} is a method, not a modifier; modifiers: {', '.join(modifier_names()) or 'none'}")
+        if m in mods:
+            raise UserError(f"modifier {p!r} is given twice in {spec!r}")
         mods.append(m)
     return method, mods
+
+
+def configs(spec: str, family, options: dict | None = None):
+    """'lora+chunkloss' and its options -> (method, its config, [(modifier, its config), ...]).
+
+    An option goes to the modifier it names (`chunkloss.chunk=256`), else to the method,
+    else, when the method has no such option, to the one modifier that has it (`chunk=256`)."""
+    import dataclasses
+
+    method, mods = resolve(spec)
+    own: dict = {}
+    theirs: dict[str, dict] = {m.name: {} for m in mods}
+    fields = {m.name: {f.name for f in dataclasses.fields(m.Config)} for m in mods}
+    main_fields = {f.name for f in dataclasses.fields(method.Config)}
+    for key, value in (options or {}).items():
+        head, dot, rest = str(key).partition(".")
+        if dot and head in theirs:
+            theirs[head][rest] = value
+            continue
+        owners = [m for m, f in fields.items() if key in f]
+        if key not in main_fields and len(owners) == 1:
+            theirs[owners[0]][key] = value
+        else:
+            own[key] = value
+    return (method, method.make_config(family, own),
+            [(m, m.make_config(family, theirs[m.name])) for m in mods])
+
+
+def options_dict(cfg, modifier_cfgs) -> dict:
+    """A run's resolved options: the method's fields, then each modifier's as `name.field`."""
+    out = cfg.to_dict()
+    for mod, mcfg in modifier_cfgs:
+        out.update({f"{mod.name}.{k}": v for k, v in mcfg.to_dict().items()})
+    return out
 
 
 _LOADED = False
@@ -81,4 +117,5 @@ def _load() -> None:
             raise UserError(f"MEMBENCH_PLUGINS: cannot import {mod!r}: {exc}") from None
 
 
-__all__ = ["Method", "MethodConfig", "register", "names", "get", "resolve", "modifier_names"]
+__all__ = ["Method", "MethodConfig", "register", "names", "get", "resolve", "configs", "options_dict",
+           "modifier_names"]

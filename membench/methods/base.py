@@ -51,6 +51,12 @@ class Method:
         return self.Config(**values)
 
 
+def unwrap_peft(model):
+    """The transformers model under a peft wrapper (the families' `stacks()` expect it), else `model`."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
 def _coerce(method: str, key: str, f: dataclasses.Field, value):
     default = f.default if f.default is not dataclasses.MISSING else (
         f.default_factory() if f.default_factory is not dataclasses.MISSING else None)

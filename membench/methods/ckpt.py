@@ -17,9 +17,8 @@ layer again to rebuild what it needs.
   that already holds something for the layer is kept (prefix tuning hands its
   prefixes over as one; transformers' own checkpointing drops it, and with it
   the prefixes, with a warning): its state is snapshotted before the layer runs
-  and restored before the recompute. `config.use_cache` is left alone (under
-  fake tensors `use_cache=False` makes transformers build a dense mask the real
-  run does not).
+  and restored before the recompute. (Training steps run with `use_cache=False`
+  by default; `--override use_cache=true` brings the empty cache back.)
 - Eval mode and `torch.no_grad()` run the layer as is.
 """
 
@@ -28,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import register
-from .base import Method, MethodConfig
+from .base import Method, MethodConfig, unwrap_peft
 
 
 @dataclass
@@ -137,12 +136,6 @@ def checkpoint_layer(layer, index: int, preserve_rng_state: bool = True) -> None
     layer.forward = forward
 
 
-def unwrap(model):
-    """The transformers model under a peft wrapper (the families' `stacks()` expect it)."""
-    get = getattr(model, "get_base_model", None)
-    return get() if callable(get) else model
-
-
 @register
 class Ckpt(Method):
     name = "ckpt"
@@ -151,7 +144,7 @@ class Ckpt(Method):
     is_modifier = True
 
     def apply(self, model, family, cfg: CkptOptions):
-        for layers in family.stacks(unwrap(model)).values():
+        for layers in family.stacks(unwrap_peft(model)).values():
             for i, layer in enumerate(layers):
                 checkpoint_layer(layer, i, cfg.preserve_rng_state)
         return model

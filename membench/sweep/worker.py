@@ -238,17 +238,15 @@ def _check_train(spec: dict[str, Any]) -> None:
         default_pretrained()
     if spec.get("dataset") and not Path(spec["dataset"]).is_dir():
         raise UserError(f"train dataset={spec['dataset']!r}: no such folder (a datasets save_to_disk folder)")
-    method, _mods = methods.resolve(spec["method"])
     family = backbones.get(spec["model"]).family if spec.get("model") else None
-    method.make_config(family, spec.get("method_options") or {})
+    methods.configs(spec["method"], family, spec.get("method_options") or {})
 
 
 def _check_method(spec: dict[str, Any]) -> None:
     from .. import backbones, methods
 
-    method, _mods = methods.resolve(spec["method"])
     family = backbones.get(spec["model"]).family if not spec.get("pretrained") else None
-    method.make_config(family, spec.get("method_options") or {})
+    methods.configs(spec["method"], family, spec.get("method_options") or {})
 
 
 def preflight_child(specs: list[dict[str, Any]], out_path: str) -> None:

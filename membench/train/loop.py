@@ -401,7 +401,7 @@ def run_training(config: dict[str, Any] | TrainConfig,
     else:
         run_config = {"model": model_label(cfg, pretrained), "method": cfg.method, "batch_size": cfg.batch_size,
                       "seq_len": max_length, "dtype": dtypes.short(dtype), "device": device, "attn": cfg.attn,
-                      "overrides": overrides, "method_options": method_cfg.to_dict()}
+                      "overrides": overrides, "method_options": _options(method_cfg)}
     run_config.update({k: setup[k] for k in ("task", "dataset", "epochs", "limit", "eval_limit", "lr",
                                              "weight_decay", "warmup_ratio", "max_length", "patience", "seed",
                                              "pretrained")})
@@ -475,7 +475,7 @@ def _profile(model, base, family, hf_config, encoded, labels, cfg, pad_id, devic
     bs, seq = batch["input_ids"].shape
     return runner._result(step, order, model=model_label(cfg, pretrained), method=cfg.method, batch_size=int(bs),
                           seq_len=int(seq), dtype=dtype, device=device, attn=cfg.attn, overrides=overrides,
-                          method_options=method_cfg.to_dict(), config=hf_config.to_dict(),
+                          method_options=_options(method_cfg), config=hf_config.to_dict(),
                           wall_s=time.perf_counter() - t0, extra={"pretrained": pretrained})
 
 
@@ -499,3 +499,10 @@ class quiet_transformers:
         logging.set_verbosity(self._level)
         logging.enable_progress_bar()
         return False
+
+
+def _options(method_cfg) -> dict:
+    """The run's resolved method and modifier options (membench.methods.options_dict)."""
+    from ..methods import options_dict
+
+    return options_dict(method_cfg, getattr(method_cfg, "modifiers", []))
