@@ -122,6 +122,8 @@ def make_config(backbone: Backbone | None, overrides: dict | None = None, attn: 
             raise UserError(f"unknown config key {key!r} for {config.model_type}; size keys are: {', '.join(sizes)}")
         setattr(config, key, _check_type(key, known.get(key, getattr(config, key, None)), value))
     _derive_head_dim(config, overrides or {})
+    if "use_cache" not in (overrides or {}) and hasattr(config, "use_cache"):
+        config.use_cache = False  # a training step keeps no KV cache (fine-tuning scripts turn it off)
     config._attn_implementation = attn
     fam = family_for(config.model_type)
     if fam.task == "classification" and not getattr(config, "num_labels", None):
