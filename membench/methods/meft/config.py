@@ -35,6 +35,10 @@ class MeftOptions(MethodConfig):
     recon_dtype: dtype the two streams are carried (and reconstructed) in; "" =
         the model's dtype; "fp64" makes reconstruction error negligible at the cost
         of saving the two final streams (and checkpoints) in fp64.
+    ffn_chunks: run the token-wise part of each coupling (the FFN block with its
+        parallel adapter, the bottleneck adapters) over k chunks of the sequence, in
+        forward and in backward's recompute, so the recompute keeps one chunk's FFN
+        intermediates at a time; 1 = whole sequences.
     """
 
     variant: str = "meft1"
@@ -49,6 +53,7 @@ class MeftOptions(MethodConfig):
     scale: float = 0.1
     checkpoint_every: int = 0
     recon_dtype: str = ""
+    ffn_chunks: int = 1
     _restore_rng: bool = True  # private: False only for the negative-control test
 
     def resolved(self, family) -> MeftOptions:
@@ -74,9 +79,11 @@ class MeftOptions(MethodConfig):
         for key in ("frozen_bottom", "plain_top", "checkpoint_every"):
             if getattr(self, key) < 0:
                 raise UserError(f"meft: {key} must be >= 0, got {getattr(self, key)}")
+        if self.ffn_chunks < 1:
+            raise UserError(f"meft: ffn_chunks must be a positive integer (1 = whole sequences), got {self.ffn_chunks}")
         if self.reversible < -1:
             raise UserError(f"meft: reversible must be >= 0 (or -1 for all), got {self.reversible}")
         return MeftOptions(variant=self.variant, lam=lam, beta=beta, r=r, dropout=self.dropout,
                            reversible=self.reversible, frozen_bottom=self.frozen_bottom, plain_top=self.plain_top,
                            output=self.output, scale=self.scale, checkpoint_every=self.checkpoint_every,
-                           recon_dtype=self.recon_dtype, _restore_rng=self._restore_rng)
+                           recon_dtype=self.recon_dtype, ffn_chunks=self.ffn_chunks, _restore_rng=self._restore_rng)

@@ -80,12 +80,25 @@ def attach_adapters(shim: nn.Module, family, variant: str, d: int, r: int, activ
         shim.adapter = make()
 
 
-class Coupling:
-    """F, G, lam, beta and the swap of one layer; F/G take (x, args, kwargs) as the HF stack passed them."""
+# Each of F and G as (head, token-wise tail): y = tail(head(x)), tail applied per token, so it can run
+# over chunks of the sequence (`ffn_chunks`); None = identity.
+PIECES = {"meft1": {"F": ("_attn", "_ffn"), "G": (None, "_adapter")},
+          "meft2": {"F": (None, "_adapter"), "G": ("_attn", "_ffn")},
+          "meft3": {"F": ("_attn", None), "G": (None, "_ffn")}}
+SEQ_DIM = -2  # hidden states are [batch, sequence, width]
 
-    def __init__(self, shim, family, variant: str, lam: float, beta: float):
+
+class Coupling:
+    """F, G, lam, beta and the swap of one layer; F/G take (x, args, kwargs) as the HF stack passed them.
+
+    With `chunks` > 1 the token-wise tail of F and G runs over that many chunks of the sequence
+    (forward, plain autograd and the reversible recompute alike, so dropout draws the same masks
+    in the same order)."""
+
+    def __init__(self, shim, family, variant: str, lam: float, beta: float, chunks: int = 1):
         self.shim, self.family, self.variant = shim, family, variant
         self.lam, self.beta, self.swap = lam, beta, SWAP[variant]
+        self.chunks = chunks
 
     # the pieces
     def _plm(self, x, args, kwargs):
@@ -102,12 +115,39 @@ class Coupling:
         return self.shim.adapter(x)
 
     def F(self, x, args, kwargs, compute_dtype):
+        if self.chunked("F"):
+            return self._in_chunks("F", x, args, kwargs, compute_dtype)
         fn = {"meft1": self._plm, "meft2": self._adapter, "meft3": self._attn}[self.variant]
         return self.shim.block(fn, x, args, kwargs, compute_dtype)
 
     def G(self, x, args, kwargs, compute_dtype):
+        if self.chunked("G"):
+            return self._in_chunks("G", x, args, kwargs, compute_dtype)
         fn = {"meft1": self._adapter, "meft2": self._plm, "meft3": self._ffn}[self.variant]
         return self.shim.block(fn, x, args, kwargs, compute_dtype)
+
+    # ---- sequence chunks of the token-wise tail -----------------------------------------------------------
+    def chunked(self, which: str) -> bool:
+        return self.chunks > 1 and PIECES[self.variant][which][1] is not None
+
+    def head(self, which: str):
+        """F's or G's part before its token-wise tail, as a block call (None: there is none)."""
+        name = PIECES[self.variant][which][0]
+        return None if name is None else (lambda x, a, k, dt: self.shim.block(getattr(self, name), x, a, k, dt))
+
+    def tail(self, which: str):
+        name = PIECES[self.variant][which][1]
+        return lambda x, a, k, dt: self.shim.block(getattr(self, name), x, a, k, dt)
+
+    def split(self, x):
+        """The chunks of `x` along the sequence, one at a time, each contiguous (a strided chunk would
+        send every Linear to a batched matmul per sequence, several times slower)."""
+        return (c.contiguous() for c in x.tensor_split(self.chunks, dim=SEQ_DIM))
+
+    def _in_chunks(self, which, x, args, kwargs, compute_dtype):
+        head, tail = self.head(which), self.tail(which)
+        z = head(x, args, kwargs, compute_dtype) if head is not None else x
+        return torch.cat([tail(zc, args, kwargs, compute_dtype) for zc in self.split(z)], dim=SEQ_DIM)
 
     def plm_input_of(self, x2, y1):
         """Which tensor the PLM layer (or its attention block) reads in this layer."""

@@ -65,7 +65,7 @@ class MeftStack:
     def __init__(self, name: str, shims: list[MeftLayer], family, opts, decoder: bool):
         self.name, self.shims, self.family, self.opts = name, shims, family, opts
         self.variant = opts.variant
-        self.couplings = [Coupling(s, family, opts.variant, opts.lam, opts.beta) for s in shims]
+        self.couplings = [Coupling(s, family, opts.variant, opts.lam, opts.beta, opts.ffn_chunks) for s in shims]
         n = len(shims)
         self.n_reversible = n - opts.plain_top if opts.reversible == -1 else opts.reversible
         self.n_reversible = max(0, min(self.n_reversible, n))

@@ -17,6 +17,8 @@ Backward, from the top layer down (meft-notes section 3), given dy1, dy2:
     f  = F(x2) recomputed with grad;   J_F^T dy1' and F's parameter grads
     x1 = (y1 - f) / lam;                dx1 = lam*dy1';   dx2 = beta*dy2 + J_F^T dy1'
 Both streams start as the stack input h, so dh = dx1 + dx2 at the bottom.
+With `ffn_chunks` = k the token-wise tail of F or G (the FFN block, the adapters) is
+recomputed and back-propagated over k chunks of the sequence (`recompute_in_chunks`).
 
 What makes the recompute equal to the forward (meft-notes section 4):
 - RNG: the CPU (and CUDA) generator state is captured before F and before G of
@@ -162,34 +164,88 @@ class ReversibleStack(torch.autograd.Function):
                     cur = param_grads[params_i][j]
                     param_grads[params_i][j] = g if cur is None else cur + g
 
-        def recompute(fn, x, state, dy, params, need_x=True):
-            # need_x=False: nobody needs the gradient w.r.t. x (the bottom F when the stack input does not
-            # require grad); x is then not a graph input, so autograd neither records nor back-propagates
-            # the part of fn that only leads to x (e.g. MEFT1's attention below the FFN adapter).
-            xd = x.detach().requires_grad_() if need_x else x.detach()
+        @contextlib.contextmanager
+        def replaying(state):
+            """The forward's RNG state (dropout masks) around a recompute; the global RNG is left as it was."""
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
                 if call.restore_rng:
                     _set_rng_state(state, device)
-                with torch.enable_grad(), autocast_context(device.type, ctx.autocast):
-                    out = fn(xd, args, kwargs, call.compute_dtype)
-            wrt = [xd, *ctx_in, *params] if need_x else [*ctx_in, *params]
+                yield
+
+        def forward_mode():
+            """Grad on, and the forward's autocast (backward itself runs outside autocast, as with AMP)."""
+            stack = contextlib.ExitStack()
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(autocast_context(device.type, ctx.autocast))
+            return stack
+
+        def grads_of(out, wrt, dy):
             if not out.requires_grad:
-                return out.detach(), (None,) * (len(wrt) + (not need_x))
-            grads = torch.autograd.grad(out, wrt, dy.to(out.dtype), allow_unused=True)
+                return (None,) * len(wrt)
+            return torch.autograd.grad(out, wrt, dy.to(out.dtype), allow_unused=True)
+
+        def recompute(c, which, x, state, dy, params, need_x=True):
+            """F or G of coupling c again, with grad: (its output, (dx, *context grads, *param grads)).
+
+            need_x=False: nobody needs the gradient w.r.t. x (the bottom F when the stack input does not
+            require grad); x is then not a graph input, so autograd neither records nor back-propagates
+            the part of fn that only leads to x (e.g. MEFT1's attention below the FFN adapter)."""
+            if c.chunked(which):
+                return recompute_in_chunks(c, which, x, state, dy, params, need_x)
+            xd = x.detach().requires_grad_() if need_x else x.detach()
+            with replaying(state), forward_mode():
+                out = getattr(c, which)(xd, args, kwargs, call.compute_dtype)
+            grads = grads_of(out, [xd, *ctx_in, *params] if need_x else [*ctx_in, *params], dy)
             return out.detach(), grads if need_x else (None, *grads)
+
+        def recompute_in_chunks(c, which, x, state, dy, params, need_x):
+            """The same with F/G = tail(head(x)), the token-wise tail over chunks of the sequence:
+
+                z = head(x)  (graph kept);   per chunk j:  out_j = tail(z_j),  dz_j = J_tail^T dy_j
+                then back through the head with dz = cat(dz_j).
+            Dropout draws in forward's order (head, then chunk by chunk), so the masks replay."""
+            head, tail = c.head(which), c.tail(which)
+            xd = x.detach().requires_grad_() if need_x else x.detach()
+            n = len(ctx_in) + len(params)
+            total: list = [None] * n
+            outs, dzs = [], []
+            with replaying(state):
+                with forward_mode():
+                    z = head(xd, args, kwargs, call.compute_dtype) if head is not None else xd
+                need_z = need_x or (head is not None and z.requires_grad)
+                for zc, dyc in zip(c.split(z.detach()), c.split(dy), strict=True):
+                    zc = zc.detach().requires_grad_() if need_z else zc
+                    with forward_mode():
+                        out = tail(zc, args, kwargs, call.compute_dtype)
+                    grads = grads_of(out, [zc, *ctx_in, *params] if need_z else [*ctx_in, *params], dyc)
+                    if need_z:
+                        dzs.append(grads[0] if grads[0] is not None else torch.zeros_like(zc))
+                        grads = grads[1:]
+                    total = [a if b is None else (b if a is None else a + b) for a, b in zip(total, grads, strict=True)]
+                    outs.append(out.detach())
+                    del out, grads
+            dz = torch.cat(dzs, dim=-2) if need_z else None
+            dx = None
+            if head is not None and dz is not None:
+                grads = grads_of(z, [xd, *ctx_in, *params] if need_x else [*ctx_in, *params], dz)
+                dx, grads = (grads[0], grads[1:]) if need_x else (None, grads)
+                total = [a if b is None else (b if a is None else a + b) for a, b in zip(total, grads, strict=True)]
+            elif need_x:
+                dx = dz
+            return torch.cat(outs, dim=-2), (dx, *total)
 
         for i in reversed(range(len(call.couplings))):
             c = call.couplings[i]
             if c.swap:
                 y1, y2, dy1, dy2 = y2, y1, dy2, dy1
             s_f, s_g = ctx.states[i]
-            g, grads = recompute(c.G, y1, s_g, dy2, call.params[i])
+            g, grads = recompute(c, "G", y1, s_g, dy2, call.params[i])
             accumulate(grads, i)
             if grads[0] is not None:
                 dy1 = dy1 + grads[0]
             x2 = ckpts[i][1] if i in ckpts else _unscale(y2 - g, c.beta)
-            del g
-            f, grads = recompute(c.F, x2, s_f, dy1, call.params[i], need_x=i > 0 or need_dh)
+            del g, y2  # y2 is not needed below (F's recompute is the backward's peak)
+            f, grads = recompute(c, "F", x2, s_f, dy1, call.params[i], need_x=i > 0 or need_dh)
             accumulate(grads, i)
             x1 = ckpts[i][0] if i in ckpts else _unscale(y1 - f, c.lam)
             del f
