@@ -17,6 +17,7 @@ one extra forward allows (see its docstring): that is the figure to quote.
 
     pytest benchmarks/bench_meft_speed.py -k interleaved -s
     MEMBENCH_MEFT_SPEED_D512=1 MEMBENCH_MEFT_SPEED_ROUNDS=8 pytest ... -k interleaved -s   (adds d 512)
+    MEMBENCH_MEFT_SPEED_SEQ=512 pytest ... -k ffn_chunks -s    (longer sequences: chunks of realistic size)
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ if os.environ.get("MEMBENCH_MEFT_SPEED_DROPOUT") == "0":
         _ov.update(dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0) if _name.startswith("bert")
                    else dict(dropout=0.0, attention_dropout=0.0))
     MEFT_OPTIONS["dropout"] = 0.0
-BATCH, SEQ = 8, 128
+BATCH, SEQ = 8, int(os.environ.get("MEMBENCH_MEFT_SPEED_SEQ", "128"))
 ROUNDS = int(os.environ.get("MEMBENCH_MEFT_SPEED_ROUNDS", "5"))
 _TIMES: dict[tuple[str, str], float] = {}
 
@@ -156,4 +157,57 @@ def test_ratio_interleaved(benchmark, family):
                          f"forward {fwd[m] * 1e3:.0f} ms, recompute+backward {bwd[m] * 1e3:.0f} ms "
                          f"(LoRA's forward+backward: {lora_fb * 1e3:.0f} ms); one-extra-forward floor {floor:.2f}x"
                          + ("" if ratio <= 1.5 else "  (above the 1.5x target)"))
+    print("\n" + "\n".join(lines))
+
+
+CHUNKS = (1, 4, 8)
+
+
+def measure_ffn_chunks(family: str, rounds: int = ROUNDS, variants=("meft1", "meft3")) -> dict:
+    """CPU ms per step of MEFT with `ffn_chunks` = 1, 4, 8, interleaved on one thread, best of `rounds`;
+    and each one's ratio to k = 1."""
+    import time
+
+    import torch
+
+    global MEFT_OPTIONS
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    saved = MEFT_OPTIONS
+    try:
+        steps = {}
+        for variant in variants:
+            for k in CHUNKS:
+                MEFT_OPTIONS = {**saved, "ffn_chunks": k}
+                steps[(variant, k)] = _setup(family, variant)
+        cpu = dict.fromkeys(steps, float("inf"))
+        for step in steps.values():
+            step()  # warm-up
+        for _ in range(rounds):
+            for key, step in steps.items():
+                c0 = time.process_time()
+                step()
+                cpu[key] = min(cpu[key], time.process_time() - c0)
+    finally:
+        MEFT_OPTIONS = saved
+        torch.set_num_threads(threads)
+    return {"family": family, "batch_size": BATCH, "seq_len": SEQ, "rounds": rounds,
+            "ms": {f"{v} k{k}": cpu[(v, k)] * 1e3 for v, k in steps},
+            "ratio": {f"{v} k{k}": cpu[(v, k)] / cpu[(v, 1)] for v, k in steps}}
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_ffn_chunks_cost(benchmark, family):
+    """MEFT's recompute over sequence chunks (`ffn_chunks`): step time against whole sequences (k = 1).
+    Target (issue 11): at most 10% more than k = 1 (met at realistic chunk sizes, MEMBENCH_MEFT_SPEED_SEQ=512;
+    at the default 128 tokens per sequence each chunk is a few dozen tokens and per-chunk overhead shows)."""
+    m = {}
+    benchmark.pedantic(lambda: m.update(measure_ffn_chunks(family)), rounds=1, iterations=1)
+    benchmark.extra_info.update({f"{k} ratio": v for k, v in m["ratio"].items()})
+    lines = [f"{family} ffn_chunks, b{BATCH} s{SEQ} (1 thread, best of {ROUNDS}, CPU ms/step, ratio to k = 1; "
+             "target <= 1.10):"]
+    for variant in ("meft1", "meft3"):
+        cells = [f"k={k} {m['ms'][f'{variant} k{k}']:.0f} ms ({m['ratio'][f'{variant} k{k}']:.2f}x"
+                 f"{'' if m['ratio'][f'{variant} k{k}'] <= 1.10 else ', ABOVE'})" for k in CHUNKS]
+        lines.append(f"  {variant}: " + ", ".join(cells))
     print("\n" + "\n".join(lines))

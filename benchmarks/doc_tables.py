@@ -43,7 +43,8 @@ MEMORY_SETTINGS = [("bert-base", 16, 512, "fp32"), ("roberta-large", 16, 512, "f
 MEMORY_METHODS = ["full", "lora", "meft1", "meft2", "meft3"]
 MEMORY_EXTRA = [("opt-1.3b", "meft1", {"frozen_bottom": 8, "plain_top": 8}),  # a partly reversible stack
                 ("bert-base", "meft3", {"checkpoint_every": 4}), ("bert-base", "meft3", {"checkpoint_every": 2}),
-                ("bert-base", "meft3", {"recon_dtype": "fp64"})]  # the numerical error bounds' memory
+                ("bert-base", "meft3", {"recon_dtype": "fp64"}),  # the numerical error bounds' memory
+                ("opt-1.3b", "full+chunkloss", {}), ("opt-1.3b", "meft3+chunkloss", {})]  # the loss without logits
 CPU_ROW = ("bert-base", 16, 512, "fp32")  # one CPU-target row, so readers see what the target changes
 METHODS_SETTINGS = [("bert-base", 16, 512, "fp32"), ("opt-1.3b", 8, 512, "bf16")]
 FIT = {"model": "opt-1.3b", "methods": ["full", "lora", "meft3", "full+ckpt"], "gpu": "rtx4090-24gb",
@@ -86,7 +87,7 @@ def measure_memory() -> dict:
         for method in MEMORY_METHODS:
             rows.append({"model": model, "method": method, "batch_size": b, "seq_len": s, "dtype": dtype,
                          "options": {}, **_profile(model, method, b, s, dtype)})
-    for model, method, options in MEMORY_EXTRA:
+    for model, method, options in MEMORY_EXTRA:  # (rows with a modifier or options)
         _m, b, s, dtype = next(x for x in MEMORY_SETTINGS if x[0] == model)
         rows.append({"model": model, "method": method, "batch_size": b, "seq_len": s, "dtype": dtype,
                      "options": options, **_profile(model, method, b, s, dtype, options)})
@@ -122,6 +123,25 @@ def measure_methods() -> dict:
     return {"gpu": GPU, "settings": settings}
 
 
+CHUNK_SETTING = ("bert-base", 16, 512, "fp32")
+CHUNK_COUNTS = (1, 4, 8)
+
+
+def measure_chunks() -> dict:
+    """MEFT's ffn_chunks: peak activation per k against full fine-tuning (CUDA target), and step time."""
+    model, b, s, dtype = CHUNK_SETTING
+    full = _profile(model, "full", b, s, dtype)
+    rows = [{"method": v, "k": k, **_profile(model, v, b, s, dtype, {"ffn_chunks": k})}
+            for v in ("meft1", "meft2", "meft3") for k in CHUNK_COUNTS]
+    os.environ["MEMBENCH_MEFT_SPEED_SEQ"] = "512"  # chunks of realistic size (512 tokens at k = 8)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_meft_speed import measure_ffn_chunks
+
+    speed = [measure_ffn_chunks(family, rounds=3) for family in ("bert", "opt")]
+    return {"gpu": GPU, "model": model, "batch_size": b, "seq_len": s, "dtype": dtype, "full": full, "rows": rows,
+            "speed": speed}
+
+
 def measure_fit() -> dict:
     from membench.fit import fit
 
@@ -143,7 +163,8 @@ def measure_speed() -> dict:
     return {"rows": rows, "overhead": [measure_overhead(size) for size in sorted(SIZES, reverse=True)]}
 
 
-MEASURE = {"memory": measure_memory, "methods": measure_methods, "fit": measure_fit, "speed": measure_speed}
+MEASURE = {"memory": measure_memory, "methods": measure_methods, "fit": measure_fit, "speed": measure_speed,
+           "chunks": measure_chunks}
 
 
 # ---- how it is shown ----------------------------------------------------------------------------------------
@@ -265,6 +286,26 @@ def render_speed(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_chunks(data: dict) -> str:
+    """docs/meft.md: ffn_chunks' peak activation (vs full) and step time (vs k = 1)."""
+    full = data["full"]["peak_activation_bytes"]
+    ks = sorted({r["k"] for r in data["rows"]})
+    lines = [f"{data['model']} {data['dtype']} b{data['batch_size']} s{data['seq_len']}, target CUDA {data['gpu']}; "
+             f"full fine-tuning's peak activation {_mib(full)} MiB. Peak activation (MiB, share of full):", "",
+             "| method | " + " | ".join(f"ffn_chunks={k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+    for v in sorted({r["method"] for r in data["rows"]}):
+        by = {r["k"]: r["peak_activation_bytes"] for r in data["rows"] if r["method"] == v}
+        lines.append(f"| {v} | " + " | ".join(f"{_mib(by[k])} ({by[k] / full:.3f})" for k in ks) + " |")
+    lines += ["", "Step time on the CPU (`benchmarks/bench_meft_speed.py`, 4 layers of d 256, 1 thread, best of "
+              "interleaved rounds), ratio to ffn_chunks=1:", "",
+              "| model | method | " + " | ".join(f"ffn_chunks={k}" for k in ks) + " |", "|---|---|" + "---:|" * len(ks)]
+    for sp in data["speed"]:
+        for v in ("meft1", "meft3"):
+            cells = [f"{sp['ms'][f'{v} k{k}']:,.0f} ms ({sp['ratio'][f'{v} k{k}']:.2f}x)" for k in ks]
+            lines.append(f"| {sp['family']} b{sp['batch_size']} s{sp['seq_len']} | {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _stamp(data: dict) -> str:
     p = data["provenance"]
     return (f"<sub>Written by `python benchmarks/doc_tables.py {data['name']}` on {p['date']}: torch {p['torch']}, "
@@ -278,6 +319,7 @@ TABLES = {
     "meft-memory": ("docs/meft.md", "memory", render_meft_memory),
     "methods": ("docs/methods.md", "methods", render_methods),
     "speed": ("docs/profiling.md", "speed", render_speed),
+    "meft-chunks": ("docs/meft.md", "chunks", render_chunks),
 }
 MARK = re.compile(r"(<!-- membench:table (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /membench:table -->)", re.S)
 

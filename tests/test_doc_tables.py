@@ -52,4 +52,4 @@ def test_rewrite_touches_only_the_marked_body(dt):
 
 def test_unknown_measurement_exits_2(dt, capsys):
     assert dt.main(["bogus"]) == 2
-    assert "unknown measurement 'bogus'; allowed: memory, methods, fit, speed" in capsys.readouterr().err
+    assert "unknown measurement 'bogus'; allowed: memory, methods, fit, speed, chunks" in capsys.readouterr().err
