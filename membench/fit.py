@@ -122,7 +122,8 @@ def fit(model: str, methods: list[str], *, gpu: str, seq_lens: list[int], dtype:
         raise UserError("--methods: give at least one method, e.g. full,lora,meft3")
     for m in methods:
         registry.resolve(m)
-    if not seq_lens or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in seq_lens):
+    if not seq_lens or any(s is not None and (isinstance(s, bool) or not isinstance(s, int) or s <= 0)
+                           for s in seq_lens):
         raise UserError(f"--seq-lens {seq_lens}: expected positive integers")
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size <= 0:
         raise UserError(f"--max-batch-size {max_batch_size!r}: expected a positive integer")
@@ -131,7 +132,10 @@ def fit(model: str, methods: list[str], *, gpu: str, seq_lens: list[int], dtype:
     optimizers.check(optimizer)
     AllocatorConfig.parse(alloc_conf)
     dtype = dtypes.short(dtype)
+    from .runner import sequence_length
+
     config = backbones.make_config(backbones.get(model), overrides, attn=attn)
+    seq_lens = [sequence_length(config, s, name=model) for s in seq_lens]  # defaults; image models: patches + 1
     positions = backbones.family_for(config.model_type).max_positions(config)
     too_long = [s for s in seq_lens if s > positions]
     if too_long:

@@ -240,7 +240,31 @@ def build(model: str | None, method: str, *, dtype: str = "fp32", device: str = 
     return base, trained, family, config, cfg
 
 
-def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size: int = 8, seq_len: int = 512,
+DEFAULT_SEQ_LEN = 512
+
+
+def sequence_length(config, seq_len: int | None, image_size: int | None = None, name: str = "the model") -> int:
+    """The sequence a step runs: `seq_len` (default 512) for text models, the patches + 1 of an image model
+    (checked against `seq_len` if one is given; `image_size` is applied to the config here)."""
+    family = backbones.family_for(config.model_type)
+    if image_size is not None:
+        if family.modality != "image":
+            raise UserError(f"--image-size applies to image models; {name} reads text (give --seq-len)")
+        _positive("image size", image_size)
+        if image_size % config.patch_size:
+            raise UserError(f"--image-size {image_size} is not a multiple of the patch size {config.patch_size}")
+        config.image_size = image_size
+    fixed = family.sequence_length(config)
+    if fixed is None:
+        return _positive("sequence length", DEFAULT_SEQ_LEN if seq_len is None else seq_len)
+    if seq_len is not None and seq_len != fixed:
+        raise UserError(f"{name} is an image model: every layer sees (image_size / patch_size)^2 + 1 = {fixed} "
+                        f"tokens; set --image-size (now {config.image_size}), not --seq-len")
+    return fixed
+
+
+def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size: int = 8,
+            seq_len: int | None = None, image_size: int | None = None,
             dtype: str = "fp32", device: str | None = None, attn: str = "sdpa",
             overrides: dict | list | None = None, method_options: dict | None = None,
             pretrained: str | None = None, seed: int = 0, snapshot: str | None = None,
@@ -249,7 +273,8 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
             alloc_conf: str | None = None) -> RunResult:
     """Profile one training step of a registered backbone with a registered method.
 
-    `track_live=False` skips the live-memory tracker (faster on real CPU tensors; then
+    `seq_len`: tokens per sequence (default 512); image models (ViT) take `image_size`
+    instead (their sequence is the patches + 1). `track_live=False` skips the live-memory tracker (faster on real CPU tensors; then
     `peak_activation_bytes` is only the saved total and weight copies are not told apart).
     `target`/`gpu`/`alloc_conf`: what the figures describe (membench.gpu.target); on
     `fake` the default is CUDA on an A100 80GB. `optimizer`: see membench.optimizers."""
@@ -257,7 +282,8 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
 
     say = progress or (lambda _msg: None)
     _positive("batch size", batch_size)
-    _positive("sequence length", seq_len)
+    if seq_len is not None:
+        _positive("sequence length", seq_len)
     dtype = dtypes.canonical(dtype)
     device = check_device(device)
     dtypes.check_device_supports(dtype, device)
@@ -277,6 +303,7 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
     t0 = time.perf_counter()
     spec = backbones.get(model) if model and not pretrained else None
     config = backbones.make_config(spec, overrides, attn=attn, pretrained=pretrained)
+    seq_len = sequence_length(config, seq_len, image_size, model or pretrained)
     limit = backbones.family_for(config.model_type).max_positions(config)
     if seq_len > limit:  # checked before anything is built (or allocated on a GPU)
         raise UserError(f"sequence length {seq_len} is longer than the model's {limit} positions")

@@ -18,9 +18,11 @@ from .bert import BertFamily, RobertaFamily
 from .gpt2 import GPT2Family
 from .llama import LlamaFamily
 from .opt import OPTFamily
+from .vit import ViTFamily
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (BertFamily(), RobertaFamily(), BartFamily(), OPTFamily(), GPT2Family(), LlamaFamily())
+    f.name: f for f in (BertFamily(), RobertaFamily(), BartFamily(), OPTFamily(), GPT2Family(), LlamaFamily(),
+                        ViTFamily())
 }
 _BY_MODEL_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}
 

@@ -31,6 +31,7 @@ class Family:
     ia3_targets: tuple[str, ...] = ()
     ia3_feedforward: tuple[str, ...] = ()
     decoder: bool = False  # stacks run causal self-attention
+    modality: str = "text"  # "text": token sequences (--seq-len); "image": patches of an image (--image-size)
 
     # ---- config -----------------------------------------------------------
     def hidden_size(self, config) -> int:
@@ -42,6 +43,10 @@ class Family:
     def max_positions(self, config) -> int:
         return config.max_position_embeddings
 
+    def sequence_length(self, config) -> int | None:
+        """The sequence length the model's input fixes (vision: patches + 1); None: the caller chooses."""
+        return None
+
     def num_layers_key(self, config) -> tuple[str, ...]:
         return ("num_hidden_layers",)
 
@@ -52,6 +57,8 @@ class Family:
     def _auto_class(self):
         import transformers as tf
 
+        if self.modality == "image":
+            return tf.AutoModelForImageClassification
         return {"causal-lm": tf.AutoModelForCausalLM, "seq2seq-lm": tf.AutoModelForSeq2SeqLM,
                 "classification": tf.AutoModelForSequenceClassification}[self.task]
 

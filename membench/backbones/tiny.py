@@ -21,6 +21,9 @@ def tiny_overrides(family: str, layers: int = 2, hidden: int = 32, heads: int = 
                     word_embed_proj_dim=hidden, vocab_size=_VOCAB)
     if family == "gpt2":
         return dict(n_embd=hidden, n_layer=layers, n_head=heads, vocab_size=_VOCAB)
+    if family == "vit":  # 16 x 16 images in 4 x 4 patches: 16 patches + [CLS]
+        return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
+                    image_size=16, patch_size=4)
     if family == "llama":
         return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                     num_key_value_heads=heads, intermediate_size=ffn, vocab_size=_VOCAB)
@@ -29,7 +32,14 @@ def tiny_overrides(family: str, layers: int = 2, hidden: int = 32, heads: int = 
 
 # one representative named model per family (tests parametrize over these)
 FAMILY_MODELS = {"bert": "bert-base", "roberta": "roberta-base", "bart": "bart-base", "opt": "opt-125m",
-                 "gpt2": "gpt2", "llama": "llama-2-7b"}
+                 "gpt2": "gpt2", "llama": "llama-2-7b", "vit": "vit-base"}
+
+
+def text_seq(family: str, n: int) -> int | None:
+    """`n` for text families; None for image families, whose sequence the image size fixes (patches + 1)."""
+    from . import FAMILIES
+
+    return None if FAMILIES[family].modality == "image" else n
 
 
 def tiny(family: str, **kw) -> tuple[str, dict]:

@@ -19,7 +19,8 @@ def fit(
     model: str = typer.Option(..., "--model", "-m", help="named model (see `membench list`)"),
     methods: str = typer.Option("full,lora,meft3", "--methods", help="comma-separated methods"),
     gpu: str = typer.Option("a100-80gb", "--gpu", help="the GPU (`membench list --gpus`)"),
-    seq_len: int = typer.Option(512, "--seq-len", "-s", help="tokens per sequence"),
+    seq_len: int = typer.Option(None, "--seq-len", "-s", help="tokens per sequence (default 512; image models: "
+                                                                 "fixed by the image size)"),
     seq_lens: str = typer.Option(None, "--seq-lens", help="comma-separated sequence lengths: a method x length grid"),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16, fp16 or fp64"),
     attn: str = typer.Option("sdpa", "--attn", help="attention implementation: eager or sdpa"),
@@ -38,7 +39,7 @@ def fit(
     from ..gpu import specs
 
     spec = specs.get(gpu)
-    lens = _split(seq_lens, "--seq-lens", int) if seq_lens is not None else [seq_len]
+    lens = _split(seq_lens, "--seq-lens", int) if seq_lens is not None else [seq_len]  # [None]: the default
     if out is not None:
         _check_writable(out)
     with status("fitting") as say:

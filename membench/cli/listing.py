@@ -28,7 +28,7 @@ def list_(verbose: bool = typer.Option(False, "--verbose", "-v",
         backbones.get(model)  # an unknown --model fails before anything is printed
 
     models = Table(title="models (shipped configs, random weights unless --pretrained)")
-    for col in ("name", "family", "task", "layers", "hidden", "positions"):
+    for col in ("name", "family", "task", "layers", "hidden", "positions"):  # (image models: patches + 1)
         models.add_column(col)
     for name in backbones.names():
         bb = backbones.get(name)
@@ -36,6 +36,8 @@ def list_(verbose: bool = typer.Option(False, "--verbose", "-v",
         layers = v.get("num_hidden_layers") or v.get("n_layer") or f"{v.get('encoder_layers')}+{v.get('decoder_layers')}"
         hidden = v.get("hidden_size") or v.get("n_embd") or v.get("d_model")
         pos = v.get("max_position_embeddings") or v.get("n_positions")
+        if "image_size" in v:  # image models: the sequence is the patches + 1
+            pos = f"{(v['image_size'] // v['patch_size']) ** 2 + 1} ({v['image_size']}px)"
         models.add_row(name, bb.family.name, bb.family.task, str(layers), str(hidden), str(pos))
     console.print(models)
 

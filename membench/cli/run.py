@@ -106,7 +106,10 @@ def run(
     checkpointing: bool = typer.Option(False, "--checkpointing",
                                        help="gradient checkpointing (non-reentrant) of every layer: METHOD+ckpt"),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="sequences per step"),
-    seq_len: int = typer.Option(512, "--seq-len", "-s", help="tokens per sequence"),
+    seq_len: int = typer.Option(None, "--seq-len", "-s", help="tokens per sequence (default 512; not for "
+                                                                 "image models)"),
+    image_size: int = typer.Option(None, "--image-size", help="image models: pixels per side (default the "
+                                                              "config's, 224); the sequence is its patches + 1"),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16, fp16 or fp64"),
     device: str = typer.Option(None, "--device", help="cpu, fake or cuda (default: cuda if present, else fake)"),
     target: str = typer.Option(None, "--target", help="what --device fake predicts: cuda (default) or cpu"),
@@ -138,7 +141,8 @@ def run(
     if checkpointing and "ckpt" not in method.split("+"):
         method += "+ckpt"
     with status("profiling") as say:
-        result = profile(model, method, batch_size=batch_size, seq_len=seq_len, dtype=dtype, device=device,
+        result = profile(model, method, batch_size=batch_size, seq_len=seq_len, image_size=image_size,
+                         dtype=dtype, device=device,
                          attn=attn, overrides=overrides, method_options=parse_options(option),
                          pretrained=pretrained, seed=seed, snapshot=str(snapshot) if snapshot else None,
                          progress=say, target=target, gpu=gpu, optimizer=optimizer, alloc_conf=alloc_conf)

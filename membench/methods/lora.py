@@ -29,9 +29,10 @@ class Lora(Method):
     Config = LoraOptions
 
     def defaults(self, family):
+        """The family's targets (what its modules are called in the installed transformers), else peft's."""
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as targets
 
-        return {"target_modules": list(targets.get(family.model_types[0], family.lora_targets))}
+        return {"target_modules": list(family.lora_targets) or list(targets.get(family.model_types[0], []))}
 
     def apply(self, model, family, cfg: LoraOptions):
         from peft import LoraConfig, get_peft_model

@@ -91,6 +91,9 @@ class Prefix(Method):
 
         from peft import PrefixTuningConfig, get_peft_model
 
+        if family.modality != "text":
+            raise UserError(f"prefix tuning prepends key/value prefixes to token sequences; {family.name} models "
+                            f"read {family.modality}s (peft's prefix tuning needs a text model)")
         if cfg.num_virtual_tokens <= 0:
             raise UserError(f"option prefix.num_virtual_tokens={cfg.num_virtual_tokens}: must be positive")
         if cfg.encoder_hidden_size < 0:

@@ -255,6 +255,9 @@ def run_training(config: dict[str, Any] | TrainConfig,
         base, model, family, hf_config, method_cfg = runner.build(
             cfg.model, cfg.method, dtype=dtype, device=device, attn=cfg.attn, overrides=overrides,
             method_options=cfg.method_options, pretrained=pretrained)
+    if family.modality != "text":
+        raise UserError(f"membench train fine-tunes text classifiers; {family.name} models read "
+                        f"{family.modality}s (they are profiled for memory; no offline image data ships, docs/methods.md)")
     if family.task != "classification":
         raise UserError(f"membench train fine-tunes sequence classifiers; {family.name} models are built as "
                         f"{family.task} here (use a bert or roberta checkpoint)")

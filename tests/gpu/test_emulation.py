@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from membench import profile
-from membench.backbones.tiny import tiny
+from membench.backbones.tiny import text_seq, tiny
 
 B, L, H, F_, A = 16, 512, 768, 3072, 12
 T = B * L
@@ -97,7 +97,7 @@ def test_recompute_in_backward_is_routed_too(family_name, method):
     """Checkpointing and MEFT run forward code in backward: it must see CUDA's kernels as well (a
     checkpoint checks that the recompute saves what the forward saved, and fails otherwise)."""
     model, ov = tiny(family_name, layers=2)
-    r = profile(model, method, batch_size=2, seq_len=16, device="fake", overrides=ov)
+    r = profile(model, method, batch_size=2, seq_len=text_seq(family_name, 16), device="fake", overrides=ov)
     assert r.recompute_bytes > 0
     calls = sum(r.predicted_cuda["sdpa_backends"].values())
     stacks = 2 if family_name == "bart" else 1

@@ -11,6 +11,13 @@ FAMILIES = sorted(FAMILY_MODELS)
 METHODS = ["full", "lora", "houlsby", "pfeiffer", "prefix", "ia3", "bitfit"]
 
 
+def applies(family: str, method: str) -> bool:
+    """Prefix tuning prepends token prefixes: it refuses image models (the others apply everywhere)."""
+    from membench.backbones import FAMILIES as REGISTRY
+
+    return not (method.split("+")[0] == "prefix" and REGISTRY[family].modality != "text")
+
+
 def overrides(family: str, method: str, layers: int = 2) -> dict:
     ov = tiny_overrides(family, layers=layers)
     if family == "llama" and method.split("+")[0] == "bitfit":

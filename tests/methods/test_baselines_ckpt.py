@@ -14,7 +14,7 @@ import pytest
 from baselines_util import FAMILIES, overrides
 
 from membench import profile
-from membench.backbones.tiny import FAMILY_MODELS
+from membench.backbones.tiny import FAMILY_MODELS, text_seq
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(baselines_util.one_thread)
 
@@ -23,7 +23,8 @@ B, S, H, LAYERS = 2, 16, 32, 3
 
 
 def run(family, method, target="cpu"):
-    return profile(FAMILY_MODELS[family], method, batch_size=B, seq_len=S, device="fake", target=target,
+    return profile(FAMILY_MODELS[family], method, batch_size=B, seq_len=text_seq(family, S), device="fake",
+                   target=target,
                    overrides=overrides(family, method, layers=LAYERS))
 
 
@@ -35,6 +36,7 @@ def stack_rows(result):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_checkpointed_layers_keep_their_inputs_and_recompute_the_rest(family, method):
     plain, ckpt = run(family, method), run(family, method + "+ckpt")
+    S = plain.seq_len  # noqa: N806 - image models: the patches + 1
     hidden = B * S * H * 4
     rows, ref = stack_rows(ckpt), {r.name: r for r in stack_rows(plain)}
     assert len(rows) == LAYERS * (2 if family == "bart" else 1)

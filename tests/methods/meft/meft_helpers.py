@@ -17,7 +17,8 @@ NODROP = {"bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
           "bart": dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
           "opt": dict(dropout=0.0, attention_dropout=0.0),
           "gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
-          "llama": dict(attention_dropout=0.0)}
+          "llama": dict(attention_dropout=0.0),
+          "vit": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)}
 # dropout on everywhere a family has it (Llama has none in its layers: adapters' dropout still applies)
 DROP = {family: {key: 0.2 for key in keys} for family, keys in NODROP.items()}
 
@@ -39,7 +40,7 @@ def make(family: str, variant: str, layers: int = 2, *, dtype: str = "fp64", dro
 
 def batch(fam, config, b: int = 2, s: int = 8, seed: int = 0, padded: bool = False) -> dict:
     out = fam.make_batch(config, b, s, torch.Generator().manual_seed(seed))
-    if padded:
+    if padded and "input_ids" in out:  # (image models have no padding)
         mask = torch.ones(b, s, dtype=torch.long)
         mask[0, :3] = 0  # left-padding of the first sequence (so a causal model's real tokens see it masked)
         out["attention_mask"] = mask

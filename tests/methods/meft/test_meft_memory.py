@@ -6,14 +6,16 @@ import pytest
 from meft_helpers import FAMILIES
 
 from membench import profile
-from membench.backbones.tiny import FAMILY_MODELS, tiny_overrides
+from membench.backbones.tiny import FAMILY_MODELS, text_seq, tiny_overrides
 
-ROTATE = {"bert": "meft1", "roberta": "meft2", "bart": "meft3", "opt": "meft1", "gpt2": "meft2", "llama": "meft3"}
+ROTATE = {"bert": "meft1", "roberta": "meft2", "bart": "meft3", "opt": "meft1", "gpt2": "meft2", "llama": "meft3",
+          "vit": "meft1"}
 B, S, D = 2, 32, 32
 
 
 def _run(family, method, layers, device="cpu", options=None, hidden=D, target=None):
-    return profile(FAMILY_MODELS[family], method, batch_size=B, seq_len=S, device=device, target=target,
+    return profile(FAMILY_MODELS[family], method, batch_size=B, seq_len=text_seq(family, S), device=device,
+                   target=target,
                    overrides=tiny_overrides(family, layers=layers, hidden=hidden), method_options=options)
 
 

@@ -131,7 +131,7 @@ def test_rng_state_after_step_and_bitwise_reproducible(family):
 def test_two_forwards_then_two_backwards(family):
     """Two micro-batches alive at once (dropout on): each keeps its own RNG states and inputs."""
     variant = {"bert": "meft1", "roberta": "meft2", "bart": "meft3", "opt": "meft1", "gpt2": "meft2",
-               "llama": "meft3"}[family]
+               "llama": "meft3", "vit": "meft2"}[family]
     lam, beta = PAPER[variant]
     model, fam, config = make(family, variant, 3, dropout=True, options={"lam": lam, "beta": beta})
     a, b = batch(fam, config, seed=1), batch(fam, config, seed=2, padded=True)
