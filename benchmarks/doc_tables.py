@@ -39,14 +39,15 @@ GPU = "a100-80gb"
 
 # ---- what is measured ---------------------------------------------------------------------------------------
 # (model, batch, sequence, dtype) as in the MEFT paper's comparisons
-MEMORY_SETTINGS = [("bert-base", 16, 512, "fp32"), ("roberta-large", 16, 512, "fp32"), ("opt-1.3b", 8, 512, "bf16")]
+MEMORY_SETTINGS = [("bert-base", 16, 512, "fp32"), ("roberta-large", 16, 512, "fp32"), ("opt-1.3b", 8, 512, "bf16"),
+                   ("vit-base", 64, None, "fp32")]  # ViT: 224 px images, 197 tokens (the paper's image classification)
 MEMORY_METHODS = ["full", "lora", "meft1", "meft2", "meft3"]
 MEMORY_EXTRA = [("opt-1.3b", "meft1", {"frozen_bottom": 8, "plain_top": 8}),  # a partly reversible stack
                 ("bert-base", "meft3", {"checkpoint_every": 4}), ("bert-base", "meft3", {"checkpoint_every": 2}),
                 ("bert-base", "meft3", {"recon_dtype": "fp64"}),  # the numerical error bounds' memory
                 ("opt-1.3b", "full+chunkloss", {}), ("opt-1.3b", "meft3+chunkloss", {})]  # the loss without logits
 CPU_ROW = ("bert-base", 16, 512, "fp32")  # one CPU-target row, so readers see what the target changes
-METHODS_SETTINGS = [("bert-base", 16, 512, "fp32"), ("opt-1.3b", 8, 512, "bf16")]
+METHODS_SETTINGS = [("bert-base", 16, 512, "fp32"), ("opt-1.3b", 8, 512, "bf16"), ("vit-base", 64, None, "fp32")]
 FIT = {"model": "opt-1.3b", "methods": ["full", "lora", "meft3", "full+ckpt"], "gpu": "rtx4090-24gb",
        "seq_len": 512, "dtype": "bf16"}
 SPEED_MODELS = {"opt-1.3b": {"wall_s": 20.0, "rss_gib": 1.0}, "llama-2-7b": {"wall_s": 60.0, "rss_gib": None}}
@@ -64,7 +65,7 @@ def provenance() -> dict:
 
 def _figures(r) -> dict:
     p = r.predicted_cuda or {}
-    return {"activation_bytes": r.activation_bytes, "recompute_bytes": r.recompute_bytes,
+    return {"seq_len": r.seq_len, "activation_bytes": r.activation_bytes, "recompute_bytes": r.recompute_bytes,
             "peak_activation_bytes": r.peak_activation_bytes, "peak_phase": r.peak_phase,
             "num_params": r.num_params, "num_trainable_params": r.num_trainable_params, "target": r.target,
             "gpu": r.gpu, "max_allocated_bytes": p.get("max_allocated_bytes"),
@@ -85,15 +86,15 @@ def measure_memory() -> dict:
     rows = []
     for model, b, s, dtype in MEMORY_SETTINGS:
         for method in MEMORY_METHODS:
-            rows.append({"model": model, "method": method, "batch_size": b, "seq_len": s, "dtype": dtype,
+            rows.append({"model": model, "method": method, "batch_size": b, "dtype": dtype,
                          "options": {}, **_profile(model, method, b, s, dtype)})
     for model, method, options in MEMORY_EXTRA:  # (rows with a modifier or options)
         _m, b, s, dtype = next(x for x in MEMORY_SETTINGS if x[0] == model)
-        rows.append({"model": model, "method": method, "batch_size": b, "seq_len": s, "dtype": dtype,
+        rows.append({"model": model, "method": method, "batch_size": b, "dtype": dtype,
                      "options": options, **_profile(model, method, b, s, dtype, options)})
     model, b, s, dtype = CPU_ROW
     for method in MEMORY_METHODS:
-        rows.append({"model": model, "method": method, "batch_size": b, "seq_len": s, "dtype": dtype,
+        rows.append({"model": model, "method": method, "batch_size": b, "dtype": dtype,
                      "options": {}, **_profile(model, method, b, s, dtype, target="cpu")})
     return {"gpu": GPU, "rows": rows}
 
@@ -119,7 +120,8 @@ def measure_methods() -> dict:
                 rows.append({"method": spec, **_profile(model, spec, b, s, dtype)})
             except (UserError, RuntimeError, ValueError, NotImplementedError) as exc:
                 rows.append({"method": spec, "error": str(exc).splitlines()[0][:90]})
-        settings.append({"model": model, "batch_size": b, "seq_len": s, "dtype": dtype, "rows": rows})
+        seq = next((r["seq_len"] for r in rows if "seq_len" in r), s)
+        settings.append({"model": model, "batch_size": b, "seq_len": seq, "dtype": dtype, "rows": rows})
     return {"gpu": GPU, "settings": settings}
 
 

@@ -256,7 +256,7 @@ class ReversibleStack(torch.autograd.Function):
                 dx2 = torch.add(grads[0], dy2, alpha=c.beta)
             if trace is not None:
                 trace.setdefault("recon", {})[i] = (x1.detach().clone(), x2.detach().clone())
-            y1, y2, dy1, dy2 = x1, x2, dx1, dx2
+            y1, y2, dy1, dy2 = x1, x2, dx1, dx2  # noqa: F841 - y2 is read in the next iteration (ruff misses it)
             del grads
         dh = (dy1 + dy2).to(ctx.h_dtype) if need_dh else None
         flat = [g for gs in param_grads for g in gs]
