@@ -66,9 +66,10 @@ class RunResult:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False, default=str)
 
     def save(self, path: str) -> None:
-        with open(path, "w") as f:
-            f.write(self.to_json())
-            f.write("\n")
+        """Write the JSON atomically (a temporary file renamed into place)."""
+        from .paths import write_text_atomic
+
+        write_text_atomic(path, self.to_json() + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:

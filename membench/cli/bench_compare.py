@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import UserError
+from ..paths import output_file, write_text_atomic
 from . import app
 from .format import human_bytes
 
@@ -108,8 +108,8 @@ def bench_compare(
 
     mem_limit = parse_limit(max_memory_regression, what="--max-memory-regression")
     time_limit = parse_limit(max_time_regression, what="--max-time-regression", allow_bytes=False)
-    if out is not None and not out.parent.exists():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    if out is not None:
+        output_file(out, "--out")
     report = compare(load(baseline), load(current), max_memory=mem_limit, max_time=time_limit,
                      time_stat=time_stat, allow_missing=allow_missing, time_across_machines=time_across_machines)
 
@@ -169,5 +169,5 @@ def bench_compare(
             con.print(f"  {escape(row.key)}")
     con.print(f"[bold]{report.summary()}[/]")
     if out is not None:
-        out.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        write_text_atomic(out, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     raise typer.Exit(report.exit_code)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..errors import UserError
+from ..paths import output_file, write_text_atomic
 from . import app
 from .format import console, human_bytes, status
 from .sweep import _split
@@ -41,7 +41,7 @@ def fit(
     spec = specs.get(gpu)
     lens = _split(seq_lens, "--seq-lens", int) if seq_lens is not None else [seq_len]  # [None]: the default
     if out is not None:
-        _check_writable(out)
+        output_file(out, "--out")
     with status("fitting") as say:
         rows = run_fit(model, _split(methods, "--methods"), gpu=spec.name, seq_lens=lens, dtype=dtype, attn=attn,
                        headroom=headroom, optimizer=optimizer, alloc_conf=alloc_conf,
@@ -51,15 +51,8 @@ def fit(
     if out is not None:
         data = {"model": model, "gpu": spec.name, "dtype": rows[0].dtype, "headroom": headroom,
                 "memory_bytes": spec.memory_bytes, "rows": [r.to_dict() for r in rows]}
-        out.write_text(json.dumps(data, indent=2) + "\n")
+        write_text_atomic(out, json.dumps(data, indent=2) + "\n")
         console.print(f"wrote {out}")
-
-
-def _check_writable(path: Path) -> None:
-    if path.is_dir():
-        raise UserError(f"--out {path}: is a folder; give a file path")
-    if not path.parent.exists():
-        raise UserError(f"--out {path}: folder {path.parent} does not exist")
 
 
 def fit_table(rows, spec, headroom: float) -> Table:

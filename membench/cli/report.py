@@ -16,8 +16,9 @@ def report(
     out: Path = typer.Option(None, "--out", "-o", help="report folder [default: reports/<database name>]"),
 ) -> None:
     """Write PNG figures and one self-contained HTML report (no network needed) from a results database."""
+    from ..paths import output_folder
     from ..report import build_report
 
-    out = out or Path("reports") / db.stem
+    out = output_folder(out or Path("reports") / db.stem, "--out")
     rep = build_report(db, out)
     console.print(f"{rep.runs} runs -> {len(rep.pngs)} figures in {out}/ ; open {rep.html_path}")

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import UserError
+from ..paths import output_file
 from . import app
 from .format import console, human_bytes
 
@@ -123,9 +124,7 @@ def export(
     """Write the runs (one row each, typed columns) to CSV, Parquet or JSON."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    out = out or Path(f"membench-runs.{fmt}")
-    if out.parent and not out.parent.exists():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    out = output_file(out or Path(f"membench-runs.{fmt}"), "--out")
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
@@ -139,10 +138,22 @@ def export(
 
 
 def _write(df, path: Path, fmt: str) -> Path:
-    if fmt == "csv":
-        df.to_csv(path, index=False)
-    elif fmt == "parquet":
-        df.to_parquet(path, index=False)
-    else:
-        df.to_json(path, orient="records", date_format="iso", indent=1)
+    """Write to a temporary sibling, then rename it into place (never half a file)."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if fmt == "csv":
+            df.to_csv(tmp, index=False)
+        elif fmt == "parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_json(tmp, orient="records", date_format="iso", indent=1)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

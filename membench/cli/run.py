@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..assignments import parse_assignments
 from ..errors import UserError
+from ..paths import output_file
 from . import app
 from .format import console, human_bytes, status
 
@@ -135,8 +136,13 @@ def run(
 
     if not model and not pretrained:
         raise UserError("give --model NAME (see `membench list`) or --pretrained PATH")
-    if out is not None and out.parent and not out.parent.exists():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    for path, flag in ((out, "--out"), (snapshot, "--snapshot")):  # before the profile, not after it
+        if path is not None:
+            output_file(path, flag)
+    if db is not None:
+        from ..results.schema import check_writable
+
+        check_writable(db)
     overrides = backbones.parse_overrides(override)
     if checkpointing and "ckpt" not in method.split("+"):
         method += "+ckpt"

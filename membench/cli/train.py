@@ -52,9 +52,9 @@ def train(
     from ..train.loop import quiet_transformers
 
     if not no_db:
-        from ..results.schema import check_file
+        from ..results.schema import check_writable
 
-        check_file(db, must_exist=False)
+        check_writable(db)
     cols = [c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else None
     config = dict(method=method, pretrained=pretrained, model=model, dataset=dataset, text_columns=cols,
                   label_column=label_column, tokenizer=tokenizer, epochs=epochs, limit=limit, eval_limit=eval_limit,

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from ..errors import UserError
+from ..paths import output_file, write_text_atomic
 from . import app
 from .format import console, status
 
@@ -140,20 +141,19 @@ def verify(
         raise UserError(f"--threshold must be positive, got {threshold}")
     if batch_size <= 0 or seq_len <= 0:
         raise UserError("--batch-size and --seq-len must be positive integers")
-    if out is not None and out.parent and not out.parent.exists():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    if out is not None:
+        output_file(out, "--out")
     if db is not None:  # a bad database fails before the check runs, and nothing stored is touched
-        from ..results.schema import check_file, schema_version
+        from ..results.schema import check_writable
 
-        if check_file(db, must_exist=False).exists():
-            schema_version(db)
+        check_writable(db)
     with status("verifying"):
         res = verify_numbers(model, method, dtype=dtype, overrides=backbones.parse_overrides(override),
                              options=parse_options(option), batch_size=batch_size, seq_len=seq_len, seed=seed,
                              threshold=threshold, pretrained=pretrained)
     print_verify(res)
     if out is not None:
-        out.write_text(json.dumps(res, indent=2, default=str) + "\n")
+        write_text_atomic(out, json.dumps(res, indent=2, default=str) + "\n")
         console.print(f"wrote {out}")
     if db is not None:
         res["pretrained"] = pretrained

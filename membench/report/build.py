@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..paths import write_bytes_atomic
 from . import figures as F
 from .data import load_report_data
 from .pareto import pareto_mask
@@ -53,12 +54,12 @@ def build_report(db_path: str | os.PathLike, out_dir: str | os.PathLike) -> Repo
         f.fig.savefig(buf, format="png", bbox_inches="tight")
         plt.close(f.fig)
         png = out / f"{name}.png"
-        png.write_bytes(buf.getvalue())
+        write_bytes_atomic(png, buf.getvalue())
         pngs.append(png)
         blocks.append((f, png.name, base64.b64encode(buf.getvalue()).decode("ascii")))
     page = render_html(data, blocks)
     html_path = out / "report.html"
-    html_path.write_text(page, encoding="utf-8")
+    write_bytes_atomic(html_path, page.encode("utf-8"))
     return Report(html_path, pngs, len(data.runs), skipped)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import UserError
-from .schema import connect
+from .schema import connect_read_only
 from .store import PREDICTED_COLUMNS, RESULT_INT_COLUMNS
 
 PREDICTED = tuple(f"predicted_{c}" for c in PREDICTED_COLUMNS)
@@ -28,7 +28,7 @@ OPS = ("==", "!=", ">=", "<=", ">", "<")
 
 
 def _open(db_path):
-    return connect(db_path, create=False)
+    return connect_read_only(db_path)
 
 
 def _frame(rows, columns):

@@ -1,8 +1,9 @@
 """The results database: one SQLite file, WAL mode, a versioned schema with migrations.
 
 The schema version lives in `PRAGMA user_version`; `PRAGMA application_id` marks
-the file as a membench database. Opening a database runs the missing migrations,
-each in one transaction. A file that is not SQLite, a SQLite file of another
+the file as a membench database. Opening a database to write runs the missing
+migrations, each in one transaction; reading (`connect_read_only`) never changes
+the file (an older schema is migrated in a copy in memory). A file that is not SQLite, a SQLite file of another
 application, or a database written by a newer membench is refused with a
 `UserError` before anything is written. Imports no torch.
 """
@@ -13,8 +14,10 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 from ..errors import UserError
+from ..paths import output_file
 
 APPLICATION_ID = 0x4D454D42  # 'MEMB'
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -101,8 +104,9 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def check_file(path: str | os.PathLike, *, must_exist: bool) -> Path:
-    """Refuse a path that cannot be a membench database, without touching it."""
+def check_file(path: str | os.PathLike, *, must_exist: bool, writable: bool = False) -> Path:
+    """Refuse a path that cannot be a membench database, without touching it (`writable`: and one that
+    cannot be written: SQLite needs its folder too, for the -wal and -shm files)."""
     p = Path(path)
     if p.is_dir():
         raise UserError(f"results database {p} is a folder; give a file path such as {p / 'membench.db'}")
@@ -111,6 +115,8 @@ def check_file(path: str | os.PathLike, *, must_exist: bool) -> Path:
             raise UserError(f"no results database at {p} (run `membench sweep` or `membench run --db {p}` first)")
         if not p.parent.exists():
             raise UserError(f"results database {p}: folder {p.parent} does not exist")
+        if writable:
+            output_file(p, "results database")
         return p
     try:
         with open(p, "rb") as f:
@@ -119,6 +125,8 @@ def check_file(path: str | os.PathLike, *, must_exist: bool) -> Path:
         raise UserError(f"cannot read results database {p}: {exc.strerror}") from None
     if head and head != SQLITE_MAGIC:
         raise UserError(f"{p} is not a SQLite database; give a new path or a membench results database")
+    if writable:
+        output_file(p, "results database")
     return p
 
 
@@ -166,7 +174,7 @@ def migrate(conn: sqlite3.Connection, upto: int = SCHEMA_VERSION) -> int:
 
 def connect(path: str | os.PathLike, *, create: bool = True, upto: int = SCHEMA_VERSION) -> sqlite3.Connection:
     """Open (and if needed create or migrate) a results database; autocommit mode, WAL."""
-    p = check_file(path, must_exist=not create)
+    p = check_file(path, must_exist=not create, writable=True)
     conn = _connect(p)
     try:
         version = _inspect(conn, p)
@@ -182,6 +190,44 @@ def connect(path: str | os.PathLike, *, create: bool = True, upto: int = SCHEMA_
         conn.close()
         raise
     return conn
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Before any work: a database `path` that a command will store runs in must be writable and, if it
+    exists, a membench database this version can migrate. Writes nothing."""
+    p = check_file(path, must_exist=False, writable=True)
+    if p.exists():
+        schema_version(p)
+    return p
+
+
+def connect_read_only(path: str | os.PathLike) -> sqlite3.Connection:
+    """Open an existing results database for reading; never creates, migrates or changes the file.
+
+    An older schema is migrated in a copy in memory; an empty file is an error."""
+    p = check_file(path, must_exist=True)
+    # no write-ahead log beside it: nobody is writing, read the file as it is (SQLite then creates no
+    # -wal/-shm files either); else read through the log, read-only
+    mode = "mode=ro" if Path(f"{p}-wal").exists() else "immutable=1"
+    try:
+        src = sqlite3.connect(f"file:{quote(str(p.resolve()))}?{mode}", uri=True, timeout=BUSY_TIMEOUT_S,
+                              isolation_level=None)
+        version = _inspect(src, p)
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"cannot read results database {p} ({exc})") from None
+    if version == 0:
+        src.close()
+        raise UserError(f"{p} holds no membench results (an empty database); run `membench sweep` or "
+                        f"`membench run --db {p}` first")
+    if version == SCHEMA_VERSION:
+        return src
+    mem = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        src.backup(mem)
+    finally:
+        src.close()
+    migrate(mem)
+    return mem
 
 
 def schema_version(path: str | os.PathLike) -> int:

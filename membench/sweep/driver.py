@@ -38,10 +38,8 @@ class SweepSummary:
 
 
 def check_db(db: str | os.PathLike) -> None:
-    """Refuse a bad database before anything runs (writes nothing)."""
-    p = _schema.check_file(db, must_exist=False)
-    if p.exists():
-        _schema.schema_version(p)
+    """Refuse a bad or unwritable database before anything runs (writes nothing)."""
+    _schema.check_writable(db)
 
 
 def stored_status(db: str | os.PathLike, keys: list[str]) -> dict[str, str]:

@@ -123,7 +123,9 @@ def test_migration_from_v1_keeps_rows(tmp_path):
     tables = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "series" not in tables
 
-    df = results.load(db)  # opening migrates
+    df = results.load(db)  # reading migrates a copy in memory: the file is left as it was
+    assert schema.schema_version(db) == 1
+    schema.connect(db).close()  # opening it to write migrates the file
     assert schema.schema_version(db) == results.SCHEMA_VERSION == 3
     assert len(df) == 1 and df.iloc[0]["activation_bytes"] == 123456 and df.iloc[0]["attempts"] == 1
     assert pd.isna(df.iloc[0]["target"]) and pd.isna(df.iloc[0]["predicted_max_reserved_bytes"])  # v3 columns
