@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import typer
 from rich.table import Table
 
@@ -41,18 +39,18 @@ def list_(verbose: bool = typer.Option(False, "--verbose", "-v",
         models.add_row(name, bb.family.name, bb.family.task, str(layers), str(hidden), str(pos))
     console.print(models)
 
-    table = Table(title="methods")
+    table = Table(title="methods" + (f" (options: the defaults as they run on {model})" if verbose else ""))
     table.add_column("name")
     table.add_column("kind")
     table.add_column("what it does")
     if verbose:
-        table.add_column("options (defaults)")
+        table.add_column("options (defaults)", overflow="fold")
+    family = backbones.get(model).family if verbose else None
     for name in methods.names(include_modifiers=True):
         m = methods.get(name)
         row = [name, "modifier" if m.is_modifier else "method", m.summary]
         if verbose:
-            opts = ", ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(m.Config)) or "-"
-            row.append(opts)
+            row.append(_resolved_defaults(m, family))
         table.add_row(*row)
     console.print(table)
     if verbose:
@@ -101,17 +99,36 @@ def _trainable_table(model: str) -> Table:
         train = [n for n, p in params.items() if p.requires_grad]
         count = sum(params[n].numel() for n in train)
         total = sum(p.numel() for p in params.values())
-        config = ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()) or "-"
+        config = _options_text(methods.get(name), cfg.to_dict())
         table.add_row(name, f"{count:,} ({100 * count / total:.2f}%)", _which(train, len(params)), config)
     return table
 
 
-def _default(f):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory() or "(family default)"
-    return "?"
+def _resolved_defaults(method, family) -> str:
+    """A method's options as they would run on `family` (family defaults and per-variant values filled in),
+    without private fields or the ones the method's name fixes."""
+    from ..errors import UserError
+
+    try:
+        return _options_text(method, method.make_config(family, {}).to_dict())
+    except UserError as exc:
+        return f"(not on {family.name}: {exc})"
+
+
+def _options_text(method, values: dict) -> str:
+    fixed = {"variant"} if values.get("variant") == method.name else set()
+    shown = {k: v for k, v in values.items() if not k.startswith("_") and k not in fixed}
+    return ", ".join(f"{k}={_show(v)}" for k, v in shown.items()) or "-"
+
+
+def _show(value) -> str:
+    if value is None:
+        return "auto"  # chosen when the model is built (e.g. chunkloss' chunk from the vocabulary)
+    if value == "":
+        return "''"
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value)) or "[]"
+    return str(value)
 
 
 def _which(train: list[str], n_params: int) -> str:

@@ -17,7 +17,7 @@ def test_list_verbose_shows_what_trains(cli, monkeypatch):
     assert f"{12 * (2 * 768 * 64 + 64 + 768):,}" in text
     assert "*.pfeiffer_ffn.down" in text and "init=zero" in text
     assert "every *.bias" in text
-    assert "target_modules=['q_proj', 'v_proj']" in text  # resolved family default, not "(family default)"
+    assert "target_modules=q_proj,v_proj" in text  # resolved family default, not "(family default)"
 
 
 def test_list_verbose_unknown_model_is_a_user_error(cli):

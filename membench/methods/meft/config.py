@@ -42,9 +42,9 @@ class MeftOptions(MethodConfig):
     """
 
     variant: str = "meft1"
-    lam: float = -1.0  # -1: the variant's default
-    beta: float = -1.0
-    r: int = 0  # 0: 8 for encoders, 64 for decoders
+    lam: float | None = None  # None: the variant's default
+    beta: float | None = None
+    r: int | None = None  # None: 8 for encoders, 64 for decoders
     dropout: float = 0.1
     reversible: int = -1
     frozen_bottom: int = 0
@@ -63,13 +63,17 @@ class MeftOptions(MethodConfig):
         if self.variant not in VARIANT_DEFAULTS:
             raise UserError(f"unknown MEFT variant {self.variant!r}; allowed: {', '.join(VARIANT_DEFAULTS)}")
         lam0, beta0 = VARIANT_DEFAULTS[self.variant]
-        lam = lam0 if self.lam == -1.0 else float(self.lam)
-        beta = beta0 if self.beta == -1.0 else float(self.beta)
+        for key in ("lam", "beta"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise UserError(f"option meft.{key}={value!r}: expected a number > 0")
+        lam = lam0 if self.lam is None else float(self.lam)
+        beta = beta0 if self.beta is None else float(self.beta)
         if lam <= 0 or beta <= 0:
             raise UserError(f"meft: lam and beta must be > 0 (the inverse divides by them), got lam={lam}, beta={beta}")
-        r = self.r or (64 if family is not None and family.decoder else 8)
-        if r <= 0:
-            raise UserError(f"meft: adapter rank r must be a positive integer, got {self.r}")
+        r = (64 if family is not None and family.decoder else 8) if self.r is None else self.r
+        if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+            raise UserError(f"meft: adapter rank r must be a positive integer, got {self.r!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"meft: dropout must be in [0, 1), got {self.dropout}")
         if self.output not in OUTPUTS:
