@@ -6,12 +6,12 @@ import re
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from ..errors import UserError
 from ..paths import output_file
 from . import app
 from .format import console, human_bytes
+from .format import table as fmt_table
 
 results_app = typer.Typer(add_completion=False, invoke_without_command=True, no_args_is_help=False,
                           help="List the runs stored by `membench sweep` and `membench run --db`.")
@@ -95,11 +95,10 @@ def results(
             if len(values) == 1:
                 title.append(f"{header} {values[0]}")
                 cols = [c for c in cols if c[0] != header]
-    table = Table(title=" · ".join(title))
-    for header, _ in cols:
-        table.add_column(header, justify="right" if header in ("id", "batch", "seq") else "left",
-                         no_wrap=header not in ("model", "method"),
-                         min_width=8 if header in ("model", "method") else None)
+    keep = {h: int(df[col].astype("string").fillna("-").str.len().max()) for h, col in
+            (("model", "model"), ("method", "method")) if h in {c[0] for c in cols}}
+    table = fmt_table(" · ".join(title), [(h, "right" if h in ("id", "batch", "seq") else "left") for h, _ in cols],
+                      keep=keep)
     for row in df.itertuples(index=False):
         r = row._asdict()
         table.add_row(*(cell(r) for _, cell in cols))

@@ -12,6 +12,7 @@ from ..assignments import parse_assignments
 from ..errors import UserError
 from . import app
 from .format import console, err_console, human_bytes
+from .format import table as fmt_table
 
 
 def _split(value: str | None, flag: str, cast=str) -> list | None:
@@ -140,13 +141,12 @@ def summary_table(db: str, keys: list[str], budget: int | None = None) -> Table 
     title = f"sweep results ({len(df)} runs in {db})"
     if budget:
         title += f"; budget {human_bytes(budget)} (CUDA reserved, measured or predicted; else the estimated peak)"
-    table = Table(title=title)
     cols = [("model", "left"), ("method", "left"), ("seq", "right"), ("dtype", "left"), ("batch: status", "left"),
             ("largest ok batch", "right"), ("peak there", "right"), ("activations there", "right")]
     if budget:
         cols.append(("largest batch in budget", "right"))
-    for col, just in cols:
-        table.add_column(col, justify=just)
+    table = fmt_table(title, cols, keep={"model": int(df["model"].astype(str).str.len().max()),
+                                         "method": int(df["method"].astype(str).str.len().max())})
     style = {"ok": "green", "oom": "yellow", "failed": "red", "timeout": "red"}
     for (model, method, seq, dtype), g in df.groupby(["model", "method", "seq_len", "dtype"], sort=False):
         g = g.sort_values("batch_size")
@@ -313,10 +313,10 @@ def sweep(
 
     if dry_run:
         stored = stored_status(db_path, [s.key() for s in specs])
-        table = Table(title=f"{len(specs)} runs ({sum(1 for s in specs if stored.get(s.key()) in ('ok', 'oom'))} "
-                            f"already stored in {db_path})")
-        for col in ("model", "method", "batch", "seq", "dtype", "device", "stored"):
-            table.add_column(col)
+        table = fmt_table(f"{len(specs)} runs ({sum(1 for s in specs if stored.get(s.key()) in ('ok', 'oom'))} "
+                          f"already stored in {db_path})",
+                          [(c, "left") for c in ("model", "method", "batch", "seq", "dtype", "device", "stored")],
+                          keep={"model": max(len(str(s.model)) for s in specs)})
         import json
 
         shown = ("batch_size", "max_length", "dtype", "device", "method", "method_options")

@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from ..errors import UserError
 from ..paths import output_file, write_text_atomic
 from . import app
 from .format import console, status
+from .format import table as fmt_table
 
 
 def _fmt(x) -> str:
@@ -80,15 +80,13 @@ def store_verify(db: str | Path, res: dict) -> int:
 
 def print_verify(res: dict) -> None:
     opts = res["options"]
-    table = Table(title=f"{res['model']} · {res['method']} · {res['dtype']} · lam={opts['lam']} beta={opts['beta']}"
-                        + (f" · checkpoint_every={opts['checkpoint_every']}" if opts.get("checkpoint_every") else "")
-                        + (f" · recon_dtype={opts['recon_dtype']}" if opts.get("recon_dtype") else ""))
-    table.add_column("layer")
-    table.add_column("reversible")
-    table.add_column("input reconstruction error", justify="right")
-    table.add_column("relative grad error", justify="right")
-    table.add_column("", justify="center")
-    table.add_column("starting-point gap", justify="right")
+    table = fmt_table(f"{res['model']} · {res['method']} · {res['dtype']} · lam={opts['lam']} beta={opts['beta']}"
+                      + (f" · checkpoint_every={opts['checkpoint_every']}" if opts.get("checkpoint_every") else "")
+                      + (f" · recon_dtype={opts['recon_dtype']}" if opts.get("recon_dtype") else ""),
+                      [("layer", "left"), ("reversible", "left"), ("input reconstruction error", "right"),
+                       ("relative grad error", "right"), ("", "center"), ("starting-point gap", "right")],
+                      keep={"layer": max([len(r["name"]) for r in res["layers"]] + [len("head / merge grads")]
+                                         + [len(f"{name} input grad") for name in res["input_grad_error"]])})
     thr = res["threshold"]
     for row in res["layers"]:
         ok = row["grad_error"] <= thr
