@@ -53,6 +53,7 @@ class RunResult:
     gpu: str | None = None  # the GPU of a cuda target
     predicted_cuda: dict[str, Any] | None = None  # the allocator model's figures (membench.gpu.predict)
     optimizer: str = ""  # the optimizer implementation the step ran (membench.optimizers)
+    loss_kind: str = ""  # "model" (output.loss), "sum" (a pseudo-loss: the sum of the output), "loss_fn"
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -243,6 +243,23 @@ def build(model: str | None, method: str, *, dtype: str = "fp32", device: str = 
 DEFAULT_SEQ_LEN = 512
 
 
+def _quiet_third_party(fn):
+    """The API boundary: transformers' and peft's deprecation notices (e.g. `is_gradient_checkpointing`,
+    raised inside peft) are not the user's to act on; membench's own warnings and errors still show."""
+    import functools
+    import warnings
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            for module in (r"transformers(\.|$)", r"peft(\.|$)"):
+                warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def sequence_length(config, seq_len: int | None, image_size: int | None = None, name: str = "the model") -> int:
     """The sequence a step runs: `seq_len` (default 512) for text models, the patches + 1 of an image model
     (checked against `seq_len` if one is given; `image_size` is applied to the config here)."""
@@ -263,6 +280,7 @@ def sequence_length(config, seq_len: int | None, image_size: int | None = None, 
     return fixed
 
 
+@_quiet_third_party
 def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size: int = 8,
             seq_len: int | None = None, image_size: int | None = None,
             dtype: str = "fp32", device: str | None = None, attn: str = "sdpa",
@@ -340,16 +358,26 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
                    config=config.to_dict(), wall_s=time.perf_counter() - t0, extra={"pretrained": pretrained})
 
 
+@_quiet_third_party
 def profile_module(module, batch: Any, *, loss_fn: Callable | None = None, layers: dict | None = None,
                    device: str = "cpu", name: str | None = None, track_live: bool = True,
                    target: str | None = None, gpu: str | None = None, optimizer: str = "adamw",
                    alloc_conf: str | None = None) -> RunResult:
-    """Profile one training step of any `nn.Module` on a batch you give (tensors already on the device).
+    """Profile one training step (forward, loss, backward, AdamW) of any `nn.Module` on a batch you give.
 
-    `layers` maps modules to report rows; by default each item of the model's
-    largest ModuleList is a row and everything else is grouped by its top-level name.
-    `device="fake"`: module and batch are fake tensors of your FakeTensorMode, and the
-    step runs inside it. Targets and optimizers as in `profile`.
+    batch: a dict (called as `module(**batch)`), a tuple or list (`module(*batch)`) or one tensor
+        (`module(batch)`), already on the device (`device="cuda"`: CUDA tensors; `"fake"`: fake
+        tensors of your FakeTensorMode, with the module converted, and the step runs inside it).
+    loss_fn: output -> scalar loss. Default: the output's `.loss` (transformers models given
+        labels); otherwise the *sum of the first output tensor*, a pseudo-loss that exercises
+        backward through everything but is not your training loss: pass `loss_fn` for that.
+        The result says which was used (`loss_kind`).
+    layers: {module: "row name"}: the report's rows. Every module you name keeps its row,
+        also when it saves nothing (0 B). A saved tensor is charged once, to the first module
+        that saves it (e.g. a Linear's input saved by the ReLU before it shows on the ReLU's
+        row). Default: each item of the model's largest ModuleList is a row, everything else
+        is grouped by its top-level name.
+    Targets and optimizers as in `profile`.
     """
     from .profilers.step import default_loss, profile_step
 
@@ -359,6 +387,8 @@ def profile_module(module, batch: Any, *, loss_fn: Callable | None = None, layer
     optimizers.check(optimizer)
     tgt = resolve_target(device, target, gpu, alloc_conf)
     groups, order = layers, None
+    if groups is not None:  # the rows you named, in your order, each kept even when it saves nothing
+        order = list(dict.fromkeys(groups.values()))
     if groups is None:
         groups, order = _auto_groups(module)
     setup = _StepSetup(tgt, optimizer, device)
@@ -415,7 +445,7 @@ def _result(step, order, setup: _StepSetup | None = None, *, model, method, batc
     by_group = step.ledger.by_group
     names = list(order or [])
     names += [g for g in by_group if g not in names]
-    keep = [g for g in names if g in by_group or g not in ("head", "outside")]
+    keep = [g for g in names if g in by_group or g not in ("head", "outside")]  # (named rows stay at 0 B)
     rows = [LayerRow(name=g, activation_bytes=by_group.get(g, {}).get("forward", 0),
                      recompute_bytes=by_group.get(g, {}).get("recompute", 0)) for g in keep]
     modules = [{"name": m, "activation_bytes": v.get("forward", 0), "recompute_bytes": v.get("recompute", 0)}
@@ -438,5 +468,5 @@ def _result(step, order, setup: _StepSetup | None = None, *, model, method, batc
         peak_by_phase=step.peak_by_phase, attn=attn, overrides=dict(overrides), method_options=method_options,
         modules=modules, cuda=step.cuda, nvml=step.nvml, loss=step.loss, wall_s=round(wall_s, 3),
         target=setup.target.kind, gpu=setup.target.gpu_name, predicted_cuda=setup.predicted_cuda(step),
-        optimizer=setup.optimizer,
+        optimizer=setup.optimizer, loss_kind=step.loss_kind,
     )

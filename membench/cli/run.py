@@ -32,8 +32,12 @@ def target_caption(result) -> str:
 
 
 def print_result(result) -> None:
+    caption = target_caption(result) + "; a saved tensor is charged to the first module that saves it"
+    if result.loss_kind == "sum":
+        caption += ("; loss: a pseudo-loss, the sum of the first output tensor (pass loss_fn for your "
+                    "training loss)")
     table = Table(title=f"{result.model} · {result.method} · b{result.batch_size} s{result.seq_len} · "
-                        f"{result.dtype} · {result.device}", caption=target_caption(result))
+                        f"{result.dtype} · {result.device}", caption=caption)
     table.add_column("layer")
     table.add_column("saved for backward", justify="right")
     table.add_column("recomputed in backward", justify="right")

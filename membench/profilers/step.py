@@ -40,6 +40,18 @@ def default_loss(output) -> torch.Tensor:
     raise TypeError("cannot find a tensor in the model output to build a loss; pass loss_fn")
 
 
+LOSS_KINDS = {"model": "the model's own loss (output.loss)",
+              "sum": "pseudo-loss: the sum of the first output tensor (pass loss_fn for your training loss)",
+              "loss_fn": "the loss_fn given"}
+
+
+def loss_kind(output, loss_fn) -> str:
+    """Which loss a step ran: "model", "sum" (default_loss's pseudo-loss) or "loss_fn"."""
+    if loss_fn is not default_loss:
+        return "loss_fn"
+    return "model" if getattr(output, "loss", None) is not None else "sum"
+
+
 def _storage_sizes(tensors) -> list[int]:
     """Bytes of each distinct storage, in first-seen order."""
     seen, out = set(), []
@@ -80,6 +92,7 @@ class StepProfile:
     phases: list[str] = field(default_factory=list)  # the phases run, in order
     live_end: int = 0  # the live tracker's event count when the last step ended (later events: teardown)
     optimizer_name: str = ""
+    loss_kind: str = ""  # LOSS_KINDS
 
 
 def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor, *,
@@ -149,6 +162,7 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
             with phase("forward"):
                 out = _call(model, batch)
                 loss = loss_fn(out)
+                kind = loss_kind(out, loss_fn)
             ledger.phase = RECOMPUTE
             with phase("backward"):
                 loss.backward()
@@ -222,6 +236,7 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
         phases=ran,
         live_end=live_end,
         optimizer_name=type(opt).__name__,
+        loss_kind=kind,
     )
     opt.zero_grad(set_to_none=True)
     return result
