@@ -4,6 +4,7 @@
     python benchmarks/doc_tables.py memory fit       # only these measurements (and the tables they feed)
     python benchmarks/doc_tables.py --check          # re-render from the committed JSON; exit 1 if a doc differs
     python benchmarks/doc_tables.py --render         # re-render from the committed JSON into the docs
+    python benchmarks/doc_tables.py --verify memory  # re-measure; exit 1 if a memory figure moved (slow)
 
 A measurement (`memory`, `methods`, `fit`, `speed`) saves its figures with their provenance
 in docs/tables/<name>.json; each table is rendered from one of them and lives between
@@ -353,6 +354,30 @@ def differences() -> list[str]:
     return out
 
 
+EXACT_KEYS = ("max_batch_size", "num_params", "num_trainable_params", "sdpa_backends", "seq_len", "error")
+
+
+def moved_figures(old, new, where: str = "") -> list[str]:
+    """Memory figures (`*_bytes`, counts, kernels, batch sizes) that differ; timings are not compared."""
+    out = []
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in old.keys() | new.keys():
+            if key == "provenance":
+                continue
+            here = f"{where}.{key}" if where else str(key)
+            if key.endswith("_bytes") or key in EXACT_KEYS:
+                if old.get(key) != new.get(key):
+                    out.append(f"{here}: {old.get(key)!r} -> {new.get(key)!r}")
+            elif isinstance(old.get(key), dict | list):
+                out += moved_figures(old.get(key), new.get(key), here)
+    elif isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            return [f"{where}: {len(old)} rows -> {len(new)}"]
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            out += moved_figures(a, b, f"{where}[{i}]")
+    return out
+
+
 def write_docs(names: list[str]) -> None:
     by_file: dict[str, dict[str, str]] = {}
     for name in names:
@@ -368,6 +393,8 @@ def main(argv=None) -> int:
     p.add_argument("measurements", nargs="*", help=f"measure only these ({', '.join(MEASURE)}); default all")
     p.add_argument("--check", action="store_true", help="compare the docs with the committed JSON; exit 1 on a diff")
     p.add_argument("--render", action="store_true", help="rewrite the docs from the committed JSON, measure nothing")
+    p.add_argument("--verify", action="store_true", help="re-measure and compare the memory figures with the "
+                                                        "committed JSON (exit 1 if any moved); writes nothing")
     args = p.parse_args(argv)
     unknown = [m for m in args.measurements if m not in MEASURE]
     if unknown:
@@ -379,6 +406,16 @@ def main(argv=None) -> int:
             print(d)
         return 1 if diffs else 0
     todo = args.measurements or list(MEASURE)
+    if args.verify:
+        moved = []
+        for name in todo:
+            print(f"re-measuring {name}", file=sys.stderr)
+            old = json.loads((DATA / f"{name}.json").read_text())
+            moved += [f"{name}: {m}" for m in moved_figures(old, {"name": name, **MEASURE[name]()})]
+        for m in moved:
+            print(m)
+        print(f"{len(moved)} figure(s) moved" if moved else "every memory figure as committed")
+        return 1 if moved else 0
     if not args.render:
         DATA.mkdir(parents=True, exist_ok=True)
         for name in todo:

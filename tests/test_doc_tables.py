@@ -53,3 +53,20 @@ def test_rewrite_touches_only_the_marked_body(dt):
 def test_unknown_measurement_exits_2(dt, capsys):
     assert dt.main(["bogus"]) == 2
     assert "unknown measurement 'bogus'; allowed: memory, methods, fit, speed, chunks" in capsys.readouterr().err
+
+
+def test_moved_figures_compares_memory_not_time(dt):
+    old = {"rows": [{"peak_activation_bytes": 10, "wall_s": 1.0, "sdpa_backends": {"flash": 2}}], "provenance": {}}
+    assert dt.moved_figures(old, {"rows": [{"peak_activation_bytes": 10, "wall_s": 9.0,
+                                            "sdpa_backends": {"flash": 2}}]}) == []
+    moved = dt.moved_figures(old, {"rows": [{"peak_activation_bytes": 11, "wall_s": 1.0,
+                                             "sdpa_backends": {"efficient": 2}}]})
+    assert sorted(moved) == ["rows[0].peak_activation_bytes: 10 -> 11",
+                             "rows[0].sdpa_backends: {'flash': 2} -> {'efficient': 2}"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("MEMBENCH_REMEASURE"),
+                    reason="opt-in (MEMBENCH_REMEASURE=1): re-measures the memory tables, minutes")
+def test_memory_tables_remeasure_as_committed(dt):
+    assert dt.main(["--verify", "memory", "methods", "chunks"]) == 0

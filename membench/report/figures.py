@@ -27,6 +27,9 @@ class Figure:
     caption: str = ""
 
 
+MIN_SLICE = 0.005  # the shortest a non-zero slice of a stacked bar is drawn, as a share of the axis
+
+
 def _plt():
     import matplotlib
 
@@ -171,6 +174,7 @@ def layer_bars(data) -> list[Figure]:
         colors = _layer_colors(names)
         top = max(float(sub["peak_activation_bytes"].max()), float(lay.groupby("run_id")["activation_bytes"].sum().max()))
         unit, div = byte_unit(top)
+        floor = MIN_SLICE * top / div  # a non-zero slice is drawn at least this tall
         fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(sub) + 4), 4.8))
         x = list(range(len(sub)))
         for xi, (_, run) in zip(x, sub.iterrows(), strict=True):
@@ -179,12 +183,14 @@ def layer_bars(data) -> list[Figure]:
             for n in names:
                 v = float(rows.get(n, 0)) / div
                 if v > 0:
+                    v = max(v, floor)
                     ax.bar(xi, v, bottom=bottom, color=colors[n], edgecolor="white", linewidth=0.4, width=0.65)
                     bottom += v
             ax.plot(xi, float(run["peak_activation_bytes"]) / div, marker="D", color="black", ms=6, ls="none")
         ax.set_xticks(x, [wrap(m, 16) for m in sub["method_label"]], rotation=25 if len(sub) > 5 else 0,
                       ha="right" if len(sub) > 5 else "center", fontsize=8.5)
         ax.set_ylabel(f"activation memory ({unit})")
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("method")
         handles = _layer_legend(plt, names, colors)
         handles.append(plt.Line2D([], [], marker="D", color="black", ls="none", label="peak activations (step)"))
@@ -193,9 +199,11 @@ def layer_bars(data) -> list[Figure]:
         ax.set_title(wrap(title, 90))
         fig.tight_layout()
         figs.append(Figure(slug("layers", model, dtype, dev), "Per-layer activations and memory breakdown", title, fig,
-                           "Stacked: bytes each layer keeps for backward at the end of forward (bottom layer first). "
-                           "Diamond: the peak of live activations over the whole step, which is higher for methods "
-                           "that recompute in backward (checkpointing, MEFT)."))
+                           "Stacked: bytes each layer keeps for backward at the end of forward (bottom layer first); "
+                           f"a layer that keeps anything is drawn at least {100 * MIN_SLICE:g}% of the axis tall, so "
+                           "small rows (embeddings, MEFT's layers) stay visible. Diamond: the peak of live "
+                           "activations over the whole step, which is higher for methods that recompute in "
+                           "backward (checkpointing, MEFT)."))
     return figs
 
 
@@ -223,11 +231,11 @@ def _layer_legend(plt, names, colors):
 def breakdown(data) -> list[Figure]:
     plt = _plt()
     figs = []
-    parts = (("param_bytes", "parameters", "#4c72b0"), ("grad_bytes", "gradients", "#dd8452"),
-             ("optimizer_bytes", "optimizer state (AdamW)", "#55a868"),
-             ("peak_activation_bytes", "activations (peak, incl. temporaries)", "#c44e52"))
+    parts = (("param_bytes", "parameters", "#4c72b0"), ("optimizer_bytes", "optimizer state (AdamW)", "#55a868"),
+             ("fixed_bytes", "buffers and the batch", "#8172b2"),
+             ("at_peak_bytes", "at the step's peak: activations, temporaries, gradients", "#c44e52"))
     for (model, dtype, dev), b, s, sub in _reference_configs(data):
-        vals = sub[[p for p, _, _ in parts]].fillna(0).astype(float)
+        vals = breakdown_parts(sub)
         unit, div = byte_unit(float(vals.sum(axis=1).max()))
         fig, ax = plt.subplots(figsize=(10, 0.55 * len(sub) + 2.2))
         y = list(range(len(sub)))
@@ -236,12 +244,8 @@ def breakdown(data) -> list[Figure]:
             v = (vals[col] / div).tolist()
             ax.barh(y, v, left=left, color=color, label=label, height=0.6)
             left = [a + c for a, c in zip(left, v, strict=True)]
-        for yi, (_, run), total in zip(y, sub.iterrows(), left, strict=True):
-            est = run.get("estimated_peak_bytes")
-            txt = f" {total:,.1f} {unit}"
-            if est is not None and not _isnan(est):
-                txt += f"  (est. peak {float(est) / div:,.1f})"
-            ax.text(total, yi, txt, va="center", fontsize=8)
+        for yi, total in zip(y, left, strict=True):
+            ax.text(total, yi, f" {total:,.1f} {unit} estimated peak", va="center", fontsize=8)
         ax.set_yticks(y, [wrap(m, 30) for m in sub["method_label"]])
         ax.invert_yaxis()
         ax.set_xlabel(f"memory ({unit})")
@@ -251,9 +255,27 @@ def breakdown(data) -> list[Figure]:
         ax.set_title(wrap(title, 90))
         fig.tight_layout()
         figs.append(Figure(slug("breakdown", model, dtype, dev), "Per-layer activations and memory breakdown", title,
-                           fig, "Parameters (frozen and trainable), gradients of the trainable ones, AdamW state and "
-                           "peak activations of one training step; 'est. peak' also counts inputs and buffers."))
+                           fig, "Each bar is the estimated peak memory of one training step, and its parts add up to "
+                           "it: parameters (frozen and trainable), AdamW state, buffers and the batch, and what is "
+                           "live at the step's peak (activations, temporaries and the gradients that exist by "
+                           "then). Gradients are not drawn on top of the peak activations: at the peak only "
+                           "part of them exist."))
     return figs
+
+
+def breakdown_parts(runs):
+    """Per run, the parts of the estimated peak (they add up to `estimated_peak_bytes`)."""
+    import pandas as pd
+
+    def col(name):
+        return runs[name].astype("Float64").fillna(0).astype(float) if name in runs else pd.Series(0.0, runs.index)
+
+    params, opt = col("param_bytes"), col("optimizer_bytes")
+    fixed = col("buffer_bytes") + col("input_bytes")
+    est = col("estimated_peak_bytes")
+    at_peak = (est - params - opt - fixed).clip(lower=0)
+    return pd.DataFrame({"param_bytes": params, "optimizer_bytes": opt, "fixed_bytes": fixed,
+                         "at_peak_bytes": at_peak})
 
 
 def _isnan(v) -> bool:
@@ -273,11 +295,28 @@ def train_runs(data):
     return runs.dropna(subset=["accuracy"])
 
 
+def data_label(runs) -> list[str]:
+    """Which data a training run learned from and was tested on ("3000 train / 1000 test examples"):
+    runs on different data never share a frontier or a majority-class line."""
+    def num(r, key):
+        v = r.get(key)
+        return None if v is None or _isnan(v) else int(v)
+
+    out = []
+    for _, r in runs.iterrows():
+        n_train, n_test = num(r, "n_train"), num(r, "n_test")
+        parts = ([f"{n_train} train"] if n_train is not None else []) + ([f"{n_test} test"] if n_test else [])
+        out.append(" / ".join(parts) + " examples" if parts else "")
+    return out
+
+
 def pareto(data) -> list[Figure]:
     plt = _plt()
     figs = []
-    runs = train_runs(data)
-    for (task, model, dev, dtype), g in runs.groupby(["task", "model_label", "device_label", "dtype"], sort=True):
+    runs = train_runs(data).copy()
+    runs["data_label"] = data_label(runs)
+    for (task, model, dev, dtype, data_set), g in runs.groupby(["task", "model_label", "device_label", "dtype",
+                                                                 "data_label"], sort=True):
         g = _latest(g, ["method_label"]).sort_values("method_label")
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
         colors = _colors(g["method_label"].unique())
@@ -301,8 +340,9 @@ def pareto(data) -> list[Figure]:
                 ax.plot([p[0] for p in path], [p[1] for p in path], color="black", lw=1.2, zorder=2,
                         label="Pareto frontier")
             maj = g["majority_accuracy"].dropna() if "majority_accuracy" in g else []
-            if len(maj):
-                ax.axhline(float(maj.iloc[-1]), color="#c44e52", ls="--", lw=1, label="majority class")
+            if len(maj):  # one test set per figure (data_label), so one reference line
+                ax.axhline(float(maj.iloc[-1]), color="#c44e52", ls="--", lw=1,
+                           label="majority class" + (f" ({data_set})" if data_set else ""))
             ax.set_xlabel(f"{what} ({unit})")
             ax.set_xlim(left=0, right=max(cost) * 1.25 if max(cost) > 0 else 1)
             ax.set_title(f"accuracy vs {what.split(' of ')[0]}")
@@ -311,10 +351,10 @@ def pareto(data) -> list[Figure]:
         if handles:
             axes[1 if axes[1].get_visible() else 0].legend(handles, labels, loc="upper left",
                                                            bbox_to_anchor=(1.01, 1.0), fontsize=8)
-        title = f"Memory vs accuracy ({task}): {model}, {_where(dev, dtype)}"
+        title = f"Memory vs accuracy ({task}" + (f", {data_set}" if data_set else "") + f"): {model}, {_where(dev, dtype)}"
         fig.suptitle(wrap(title, 120))
         fig.tight_layout()
-        figs.append(Figure(slug("pareto", task, model, dtype, dev), "Memory against accuracy (Pareto frontier)",
+        figs.append(Figure(slug("pareto", task, model, dtype, dev, data_set), "Memory against accuracy (Pareto frontier)",
                            title, fig, "Each point is a training run (latest per method setting). Coloured points "
                            "are on the Pareto frontier (no other run uses less memory and reaches higher accuracy); "
                            "grey points are dominated. Memory is measured on one profiled step of the largest "
