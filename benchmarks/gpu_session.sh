@@ -4,6 +4,8 @@
 #
 #     run(command="bash benchmarks/gpu_session.sh", timeout_s=590)     # then: cp $files_at/gpu-validation.md docs/
 #
+# Budget: install ~10 s, the grid <= 420 s (it stops starting configs after 330 s), the tests <= 150 s.
+#
 # The machine's image has torch, transformers, peft, pandas, matplotlib, typer, rich and nvidia-ml-py;
 # membench itself installs without dependencies (nothing can be fetched there).
 set -uo pipefail
@@ -14,9 +16,9 @@ PY=${PYTHON:-python3}
 $PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=$PWD
 $PY -c "import torch, transformers, membench; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'transformers', transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" 2>&1 | tee "$OUT/env.txt"
-# the GPU-marked tests first (a minute): they fail fast if the CUDA path is broken
-timeout 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -n 30 | tee "$OUT/gpu-tests.txt"
-timeout 480 $PY benchmarks/gpu_validate.py --out "$OUT/gpu-validation.md" --json "$OUT/gpu-validation.json" \
-    --budget-s 400 2>"$OUT/validate.log" | tail -n 20
+# the validation grid first (the table is what the session is for), then the gpu-marked tests
+timeout 420 $PY benchmarks/gpu_validate.py --out "$OUT/gpu-validation.md" --json "$OUT/gpu-validation.json" \
+    --budget-s 330 2>"$OUT/validate.log" | tail -n 20
 echo "validation exit code: ${PIPESTATUS[0]}"
 tail -n 30 "$OUT/validate.log"
+timeout 150 $PY -m pytest -q -x -m gpu -p no:cacheprovider tests 2>&1 | tail -n 30 | tee "$OUT/gpu-tests.txt"
