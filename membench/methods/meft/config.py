@@ -1,6 +1,6 @@
 """Options of the MEFT methods (`--option key=value`).
 
-Per variant, lam and beta default to the paper's values (meft-notes section 2);
+Per variant, lam and beta default to the paper's values (coupling.VARIANTS, meft-notes section 2);
 the adapter rank to 8 for encoder families and 64 for decoder families.
 """
 
@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from ..base import MethodConfig
 
-VARIANT_DEFAULTS = {"meft1": (0.1, 1.0), "meft2": (1.0, 0.1), "meft3": (0.1, 0.1)}
 OUTPUTS = ("auto", "mean", "scaled", "merge")
 RECON_DTYPES = ("", "fp32", "fp64")
 
@@ -59,10 +58,11 @@ class MeftOptions(MethodConfig):
     def resolved(self, family) -> MeftOptions:
         """A copy with every 'default' sentinel replaced and values checked."""
         from ...errors import UserError
+        from .coupling import VARIANTS
 
-        if self.variant not in VARIANT_DEFAULTS:
-            raise UserError(f"unknown MEFT variant {self.variant!r}; allowed: {', '.join(VARIANT_DEFAULTS)}")
-        lam0, beta0 = VARIANT_DEFAULTS[self.variant]
+        if self.variant not in VARIANTS:
+            raise UserError(f"unknown MEFT variant {self.variant!r}; allowed: {', '.join(VARIANTS)}")
+        lam0, beta0 = VARIANTS[self.variant].lam, VARIANTS[self.variant].beta
         for key in ("lam", "beta"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):

@@ -15,12 +15,41 @@ the owner's `meft_on` is False (the unmodified pre-trained model).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..bottleneck import Bottleneck
 
-SWAP = {"meft1": True, "meft2": True, "meft3": False}
+
+@dataclass(frozen=True)
+class Variant:
+    """One MEFT variant as data: what F and G are, the scales, the swap, where its adapters sit.
+
+    F and G are (head, tail) piece names: y = tail(head(x)), the tail token-wise (so it can run
+    over sequence chunks, `ffn_chunks`), None = identity. Pieces: "_attn" (attention block),
+    "_ffn" (FFN block), "_adapter" (the variant's bottleneck adapter)."""
+
+    name: str
+    F: tuple[str | None, str | None]
+    G: tuple[str | None, str | None]
+    lam: float  # the paper's scale of the first stream
+    beta: float  # and of the second
+    swap: bool  # streams swap after each layer
+    attn_adapter: bool  # an adapter after the attention's output projection (o + A(o)); else a plain adapter
+    plm_reads_y1: bool  # the PLM layer reads y1 (MEFT2: it is G) rather than x2
+    plm_stream: int  # which output stream carries the PLM layers' outputs at the top (0 or 1)
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("meft1", F=("_attn", "_ffn"), G=(None, "_adapter"), lam=0.1, beta=1.0, swap=True,
+            attn_adapter=False, plm_reads_y1=False, plm_stream=1),
+    Variant("meft2", F=(None, "_adapter"), G=("_attn", "_ffn"), lam=1.0, beta=0.1, swap=True,
+            attn_adapter=False, plm_reads_y1=True, plm_stream=0),
+    Variant("meft3", F=("_attn", None), G=(None, "_ffn"), lam=0.1, beta=0.1, swap=False,
+            attn_adapter=True, plm_reads_y1=False, plm_stream=1),
+)}
 
 
 def _owner(mod):
@@ -71,7 +100,7 @@ def attach_adapters(shim: nn.Module, family, variant: str, d: int, r: int, activ
         object.__setattr__(m, "_meft_owner", shim)
     shim._hooks.append(ffn_in.register_forward_pre_hook(_ffn_pre))
     shim._hooks.append(ffn_out.register_forward_hook(_ffn_post))
-    if variant == "meft3":
+    if VARIANTS[variant].attn_adapter:
         shim.attn_adapter = make()
         attn = family.attn_out(layer)
         object.__setattr__(attn, "_meft_owner", shim)
@@ -80,11 +109,6 @@ def attach_adapters(shim: nn.Module, family, variant: str, d: int, r: int, activ
         shim.adapter = make()
 
 
-# Each of F and G as (head, token-wise tail): y = tail(head(x)), tail applied per token, so it can run
-# over chunks of the sequence (`ffn_chunks`); None = identity.
-PIECES = {"meft1": {"F": ("_attn", "_ffn"), "G": (None, "_adapter")},
-          "meft2": {"F": (None, "_adapter"), "G": ("_attn", "_ffn")},
-          "meft3": {"F": ("_attn", None), "G": (None, "_ffn")}}
 SEQ_DIM = -2  # hidden states are [batch, sequence, width]
 
 
@@ -96,15 +120,13 @@ class Coupling:
     in the same order)."""
 
     def __init__(self, shim, family, variant: str, lam: float, beta: float, chunks: int = 1):
-        self.shim, self.family, self.variant = shim, family, variant
-        self.lam, self.beta, self.swap = lam, beta, SWAP[variant]
+        self.shim, self.family = shim, family
+        self.variant = VARIANTS[variant]
+        self.lam, self.beta, self.swap = lam, beta, self.variant.swap
         self.chunks = chunks
+        self._pieces = {"F": self.variant.F, "G": self.variant.G}
 
-    # the pieces
-    def _plm(self, x, args, kwargs):
-        layer = self.shim.layer
-        return self.family.ffn_block(layer, self.family.attention_block(layer, x, *args, **kwargs))
-
+    # the pieces (the PLM layer is _ffn(_attn(x)))
     def _attn(self, x, args, kwargs):
         return self.family.attention_block(self.shim.layer, x, *args, **kwargs)
 
@@ -115,28 +137,37 @@ class Coupling:
         return self.shim.adapter(x)
 
     def F(self, x, args, kwargs, compute_dtype):
-        if self.chunked("F"):
-            return self._in_chunks("F", x, args, kwargs, compute_dtype)
-        fn = {"meft1": self._plm, "meft2": self._adapter, "meft3": self._attn}[self.variant]
-        return self.shim.block(fn, x, args, kwargs, compute_dtype)
+        return self._run("F", x, args, kwargs, compute_dtype)
 
     def G(self, x, args, kwargs, compute_dtype):
-        if self.chunked("G"):
-            return self._in_chunks("G", x, args, kwargs, compute_dtype)
-        fn = {"meft1": self._adapter, "meft2": self._plm, "meft3": self._ffn}[self.variant]
-        return self.shim.block(fn, x, args, kwargs, compute_dtype)
+        return self._run("G", x, args, kwargs, compute_dtype)
+
+    def _whole(self, which: str):
+        """F or G as one function of (x, args, kwargs): tail(head(x))."""
+        head, tail = self._pieces[which]
+        if head is None:
+            return getattr(self, tail)
+        if tail is None:
+            return getattr(self, head)
+        h, t = getattr(self, head), getattr(self, tail)
+        return lambda x, args, kwargs: t(h(x, args, kwargs), args, kwargs)
+
+    def _run(self, which, x, args, kwargs, compute_dtype):
+        if self.chunked(which):
+            return self._in_chunks(which, x, args, kwargs, compute_dtype)
+        return self.shim.block(self._whole(which), x, args, kwargs, compute_dtype)
 
     # ---- sequence chunks of the token-wise tail -----------------------------------------------------------
     def chunked(self, which: str) -> bool:
-        return self.chunks > 1 and PIECES[self.variant][which][1] is not None
+        return self.chunks > 1 and self._pieces[which][1] is not None
 
     def head(self, which: str):
         """F's or G's part before its token-wise tail, as a block call (None: there is none)."""
-        name = PIECES[self.variant][which][0]
+        name = self._pieces[which][0]
         return None if name is None else (lambda x, a, k, dt: self.shim.block(getattr(self, name), x, a, k, dt))
 
     def tail(self, which: str):
-        name = PIECES[self.variant][which][1]
+        name = self._pieces[which][1]
         return lambda x, a, k, dt: self.shim.block(getattr(self, name), x, a, k, dt)
 
     def split(self, x):
@@ -151,14 +182,14 @@ class Coupling:
 
     def plm_input_of(self, x2, y1):
         """Which tensor the PLM layer (or its attention block) reads in this layer."""
-        return y1 if self.variant == "meft2" else x2
+        return y1 if self.variant.plm_reads_y1 else x2
 
     def step(self, x1, x2, args, kwargs, compute_dtype, trace=None):
         """Plain-autograd forward of the coupling (also the eval / no-grad path)."""
-        if trace is not None and self.variant != "meft2":
+        if trace is not None and not self.variant.plm_reads_y1:
             trace.append(x2.detach().clone())
         y1 = self.lam * x1 + self.F(x2, args, kwargs, compute_dtype)
-        if trace is not None and self.variant == "meft2":
+        if trace is not None and self.variant.plm_reads_y1:
             trace.append(y1.detach().clone())
         y2 = self.beta * x2 + self.G(y1, args, kwargs, compute_dtype)
         return (y2, y1) if self.swap else (y1, y2)

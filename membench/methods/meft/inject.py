@@ -21,7 +21,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .coupling import BlockCall, Coupling, attach_adapters
+from .coupling import VARIANTS, BlockCall, Coupling, attach_adapters
 from .reversible import ReversibleStack, StackCall
 
 _CACHE_KEYS = ("cache", "past_key_values", "past_key_value")
@@ -76,7 +76,7 @@ class MeftStack:
     # which stream carries the PLM layers' outputs at the top (for "scaled" / "merge")
     @property
     def plm_stream(self) -> int:
-        return 0 if self.variant == "meft2" else 1
+        return VARIANTS[self.variant].plm_stream
 
     def set_enabled(self, on: bool) -> None:
         self.enabled = on

@@ -106,6 +106,25 @@ class StackCall:
         return args, kwargs
 
 
+class Saved:
+    """The saved-tensor layout of a ReversibleStack call:
+
+        [y1, y2 (the top layer's outputs), x1_k, x2_k for each checkpointed layer k, context tensors...]
+    """
+
+    @staticmethod
+    def pack(top, checkpoints: list[tuple], context: list) -> tuple:
+        return (*top, *[t for pair in checkpoints for t in pair], *context)
+
+    @staticmethod
+    def unpack(saved, checkpointed: list[int]):
+        """(top (y1, y2), {layer: (x1, x2)} of the checkpoints, the context tensors)."""
+        n = 2 * len(checkpointed)
+        pairs = saved[2:2 + n]
+        return (saved[0], saved[1]), {i: (pairs[2 * j], pairs[2 * j + 1]) for j, i in enumerate(checkpointed)}, \
+            list(saved[2 + n:])
+
+
 class ReversibleStack(torch.autograd.Function):
     """apply(call, h, *grad_context_tensors, *trainable_params) -> (y1, y2) of the top reversible layer."""
 
@@ -119,7 +138,7 @@ class ReversibleStack(torch.autograd.Function):
         for i, c in enumerate(call.couplings):
             if k and i % k == 0:
                 ckpt_idx.append(i)
-                ckpts += [x1, x2]
+                ckpts.append((x1, x2))
             s_f = _rng_state(device)
             y1 = c.lam * x1 + c.F(x2, args, kwargs, call.compute_dtype)
             s_g = _rng_state(device)
@@ -129,17 +148,13 @@ class ReversibleStack(torch.autograd.Function):
         ctx.call, ctx.states, ctx.ckpt_idx = call, states, ckpt_idx
         ctx.device, ctx.h_dtype = device, h.dtype
         ctx.autocast = autocast_state(device.type)
-        ctx.save_for_backward(x1, x2, *ckpts, *[call.leaves[i] for i in call.tensor_pos])
+        ctx.save_for_backward(*Saved.pack((x1, x2), ckpts, [call.leaves[i] for i in call.tensor_pos]))
         return x1, x2
 
     @staticmethod
     def backward(ctx, dy1, dy2):
         call: StackCall = ctx.call
-        saved = ctx.saved_tensors
-        y1, y2 = saved[0], saved[1]
-        n_ck = 2 * len(ctx.ckpt_idx)
-        ckpts = {i: (saved[2 + 2 * j], saved[3 + 2 * j]) for j, i in enumerate(ctx.ckpt_idx)}
-        context = list(saved[2 + n_ck:])
+        (y1, y2), ckpts, context = Saved.unpack(ctx.saved_tensors, ctx.ckpt_idx)
         if dy1 is None:
             dy1 = torch.zeros_like(y1)
         if dy2 is None:
@@ -234,30 +249,40 @@ class ReversibleStack(torch.autograd.Function):
                 dx = dz
             return torch.cat(outs, dim=-2), (dx, *total)
 
-        for i in reversed(range(len(call.couplings))):
+        def layer_backward(i, streams: list):
+            """Layer i's inputs and their gradients [x1, x2, dx1, dx2] from its outputs and theirs
+            [y1, y2, dy1, dy2] (module docstring). `streams` is emptied: this frame holds the only
+            references, so each tensor is freed as soon as it is no longer needed."""
+            y1, y2, dy1, dy2 = streams
+            streams.clear()
             c = call.couplings[i]
-            if c.swap:
+            if c.swap:  # the layer's outputs went out as (y2, y1)
                 y1, y2, dy1, dy2 = y2, y1, dy2, dy1
             s_f, s_g = ctx.states[i]
-            g, grads = recompute(c, "G", y1, s_g, dy2, call.params[i])
+            g, grads = recompute(c, "G", y1, s_g, dy2, call.params[i])  # g = G(y1), J_G^T dy2
             accumulate(grads, i)
             if grads[0] is not None:
-                dy1 = dy1 + grads[0]
-            x2 = ckpts[i][1] if i in ckpts else _unscale(y2 - g, c.beta)
+                dy1 = dy1 + grads[0]  # dy1' = dy1 + J_G^T dy2
+            x2 = ckpts[i][1] if i in ckpts else _unscale(y2 - g, c.beta)  # x2 = (y2 - G(y1)) / beta
             del g, y2  # y2 is not needed below (F's recompute is the backward's peak)
-            f, grads = recompute(c, "F", x2, s_f, dy1, call.params[i], need_x=i > 0 or need_dh)
+            f, grads = recompute(c, "F", x2, s_f, dy1, call.params[i], need_x=i > 0 or need_dh)  # f = F(x2)
             accumulate(grads, i)
-            x1 = ckpts[i][0] if i in ckpts else _unscale(y1 - f, c.lam)
+            x1 = ckpts[i][0] if i in ckpts else _unscale(y1 - f, c.lam)  # x1 = (y1 - F(x2)) / lam
             del f
-            dx1 = dy1 if c.lam == 1.0 else c.lam * dy1
+            dx1 = dy1 if c.lam == 1.0 else c.lam * dy1  # dx1 = lam * dy1'
             if grads[0] is None:
-                dx2 = dy2 if c.beta == 1.0 else c.beta * dy2
+                dx2 = dy2 if c.beta == 1.0 else c.beta * dy2  # dx2 = beta * dy2 (+ J_F^T dy1': none needed)
             else:
-                dx2 = torch.add(grads[0], dy2, alpha=c.beta)
+                dx2 = torch.add(grads[0], dy2, alpha=c.beta)  # dx2 = beta * dy2 + J_F^T dy1'
             if trace is not None:
                 trace.setdefault("recon", {})[i] = (x1.detach().clone(), x2.detach().clone())
-            y1, y2, dy1, dy2 = x1, x2, dx1, dx2  # noqa: F841 - y2 is read in the next iteration (ruff misses it)
-            del grads
-        dh = (dy1 + dy2).to(ctx.h_dtype) if need_dh else None
+            return [x1, x2, dx1, dx2]
+
+        streams = [y1, y2, dy1, dy2]
+        del y1, y2, dy1, dy2
+        for i in reversed(range(len(call.couplings))):  # top layer first; each one's inputs feed the next
+            streams = layer_backward(i, streams)
+        _x1, _x2, dx1, dx2 = streams
+        dh = (dx1 + dx2).to(ctx.h_dtype) if need_dh else None  # both streams start as the stack input
         flat = [g for gs in param_grads for g in gs]
         return (None, dh, *ctx_grads, *flat)
