@@ -31,6 +31,7 @@ class Family:
     ia3_targets: tuple[str, ...] = ()
     ia3_feedforward: tuple[str, ...] = ()
     decoder: bool = False  # stacks run causal self-attention
+    head_names: tuple[str, ...] = ("classifier", "score")  # a classification head's module names (peft's too)
     modality: str = "text"  # "text": token sequences (--seq-len); "image": patches of an image (--image-size)
 
     # ---- config -----------------------------------------------------------

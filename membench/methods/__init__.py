@@ -107,8 +107,8 @@ def _load() -> None:
     import os
     import pkgutil
 
-    for info in pkgutil.iter_modules(__path__):
-        if info.name not in ("base", "bottleneck"):
+    for info in pkgutil.iter_modules(__path__):  # shared helpers are `_`-prefixed; `base` is the interface
+        if not info.name.startswith("_") and info.name != "base":
             importlib.import_module(f"{__name__}.{info.name}")
     for mod in filter(None, (m.strip() for m in os.environ.get("MEMBENCH_PLUGINS", "").split(","))):
         try:

@@ -1,6 +1,6 @@
 """Bottleneck adapters: Houlsby (after attention and after the FFN) and Pfeiffer (after the FFN only).
 
-Each adapter is a residual bottleneck (`membench.methods.bottleneck.Bottleneck`)
+Each adapter is a residual bottleneck (`membench.methods._bottleneck.Bottleneck`)
 applied to the output of a family hook module, before the layer's own residual
 add and LayerNorm:
 
@@ -24,25 +24,8 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from . import register
+from ._heads import train_task_head
 from .base import Method, MethodConfig
-
-SEQ_CLS_HEADS = ("classifier", "score")  # peft's SEQ_CLS modules_to_save
-
-
-def train_task_head(model, family) -> list[str]:
-    """Make a classification model's (randomly initialised) head trainable; returns the head module names.
-
-    Causal/seq2seq LM heads are pre-trained (tied to the embeddings) and stay frozen.
-    """
-    if family.task != "classification":
-        return []
-    names = []
-    for name, child in model.named_children():
-        if name in SEQ_CLS_HEADS:
-            for p in child.parameters():
-                p.requires_grad_(True)
-            names.append(name)
-    return names
 
 
 def neighbour(module):
@@ -82,7 +65,7 @@ class _BottleneckAdapters(Method):
     def apply(self, model, family, cfg: AdapterOptions):
         from transformers.activations import ACT2FN
 
-        from .bottleneck import Bottleneck
+        from ._bottleneck import Bottleneck
 
         if cfg.r <= 0:
             raise UserError(f"option {self.name}.r={cfg.r}: the bottleneck width must be a positive integer")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from . import register
-from .adapters import train_task_head
+from ._heads import train_task_head
 from .base import Method, MethodConfig
 
 

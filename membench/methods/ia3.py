@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from . import register
+from ._peft import peft_task_type
 from .base import Method, MethodConfig
-from .lora import peft_task_type
 
 
 @dataclass

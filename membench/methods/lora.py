@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import register
+from ._peft import peft_task_type
 from .base import Method, MethodConfig
 
 
@@ -16,10 +17,6 @@ class LoraOptions(MethodConfig):
     target_modules: list[str] = field(default_factory=list)
     # peft keeps adapter weights in fp32 under a bf16/fp16 base (its default): more activation bytes
     autocast_adapter_dtype: bool = True
-
-
-def peft_task_type(family) -> str:
-    return {"causal-lm": "CAUSAL_LM", "seq2seq-lm": "SEQ_2_SEQ_LM"}.get(family.task, "SEQ_CLS")
 
 
 @register

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from . import register
-from .adapters import train_task_head
+from ._heads import train_task_head
+from ._peft import peft_task_type
 from .base import Method, MethodConfig
-from .lora import peft_task_type
 
 _BUFFER = "membench_prompt_tokens"
 

@@ -261,7 +261,7 @@ def run_training(config: dict[str, Any] | TrainConfig,
     if family.task != "classification":
         raise UserError(f"membench train fine-tunes sequence classifiers; {family.name} models are built as "
                         f"{family.task} here (use a bert or roberta checkpoint)")
-    head_added = _ensure_head_trainable(model)
+    head_added = _ensure_head_trainable(model, family)
     tokenizer = _tokenizer(cfg, pretrained, hf_config)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     max_length = min(cfg.max_length, family.max_positions(hf_config))
@@ -418,9 +418,9 @@ def _config_of(result) -> dict[str, Any]:
     return config_of(result)
 
 
-def _ensure_head_trainable(model) -> bool:
+def _ensure_head_trainable(model, family) -> bool:
     """A new classification head must train; methods that froze it get it back (reported as a metric)."""
-    head = [p for n, p in model.named_parameters() if "classifier" in n.split(".") or n.split(".")[-2:-1] == ["score"]]
+    head = [p for n, p in model.named_parameters() if set(n.split(".")) & set(family.head_names)]
     if head and not any(p.requires_grad for p in head):
         for p in head:
             p.requires_grad_(True)

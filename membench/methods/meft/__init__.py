@@ -9,11 +9,10 @@ from __future__ import annotations
 import dataclasses
 
 from .. import register
+from .._heads import train_task_head
 from ..base import Method
 from .config import MeftOptions
 from .inject import install, plain_autograd, pretrained_mode, stacks_of, tracing
-
-_HEADS = ("classifier", "score")
 
 
 class _Meft(Method):
@@ -39,12 +38,7 @@ class _Meft(Method):
         for p in model.parameters():
             p.requires_grad_(False)
         install(model, family, opts)
-        if family.task == "classification":
-            for name in _HEADS:
-                head = getattr(model, name, None)
-                if head is not None:
-                    for p in head.parameters():
-                        p.requires_grad_(True)
+        train_task_head(model, family)
         for stack in stacks_of(model):
             for shim in stack.shims:
                 for n, p in shim.named_parameters():

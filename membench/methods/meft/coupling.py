@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..bottleneck import Bottleneck
+from .._bottleneck import Bottleneck
 
 
 @dataclass(frozen=True)
