@@ -30,12 +30,13 @@ import sys
 import time
 from pathlib import Path
 
+from membench.units import mib
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "docs" / "tables"
-MiB = 2**20
 GPU = "a100-80gb"
 
 # ---- what is measured ---------------------------------------------------------------------------------------
@@ -171,12 +172,8 @@ MEASURE = {"memory": measure_memory, "methods": measure_methods, "fit": measure_
 
 
 # ---- how it is shown ----------------------------------------------------------------------------------------
-def _mib(n) -> str:
-    return "-" if n is None else f"{n / MiB:,.0f}"
-
-
-def _mib1(n) -> str:
-    return f"{n / MiB:,.1f}"
+def _mib(n) -> str:  # whole MiB in the docs' tables
+    return mib(n, 0)
 
 
 def _vs(n, ref) -> str:
@@ -244,8 +241,8 @@ def render_methods(data: dict) -> str:
                 continue
             pct = f"{100 * r['num_trainable_params'] / r['num_params']:.2f}%"
             kernels = ", ".join(f"{k} x{v}" for k, v in sorted((r["sdpa_backends"] or {}).items())) or "-"
-            out.append(f"| {r['method']} | {r['num_trainable_params']:,} ({pct}) | {_mib1(r['activation_bytes'])} "
-                       f"| {_mib1(r['recompute_bytes'])} | {_mib1(r['peak_activation_bytes'])} | {r['peak_phase']} "
+            out.append(f"| {r['method']} | {r['num_trainable_params']:,} ({pct}) | {mib(r['activation_bytes'])} "
+                       f"| {mib(r['recompute_bytes'])} | {mib(r['peak_activation_bytes'])} | {r['peak_phase']} "
                        f"| {100 * r['activation_bytes'] / full['activation_bytes']:.1f}% "
                        f"| {100 * r['peak_activation_bytes'] / full['peak_activation_bytes']:.1f}% | {kernels} |")
         out.append("")

@@ -35,6 +35,8 @@ import sys
 import time
 import traceback
 
+from membench.units import mib
+
 MiB = 2**20
 GOALS = {"allocated": 0.01, "reserved": 0.03, "nvml": 0.05}  # relative error allowed
 
@@ -209,10 +211,6 @@ def _count(items) -> str:
     return ", ".join(f"{k} x{v}" for k, v in sorted(Counter(items).items())) or "-"
 
 
-def _mib(n) -> str:
-    return "-" if n is None else f"{n / MiB:,.1f}"
-
-
 def _pct(e) -> str:
     return "-" if e is None else f"{100 * e:+.2f}%"
 
@@ -228,12 +226,12 @@ def row_cells(r: dict) -> list[str]:
         text = f"failed: {r['error']}" if "error" in r else f"skipped: {r['skipped']}"
         return [label, text] + [""] * (len(COLUMNS) - 2)
     return [label, r["sdpa_torch"], f"{r['sdpa_agree']}/{r['sdpa_calls']}", f"{r['layers_equal']}/{r['layers']}",
-            _mib(r["ledger_cuda"]), _mib(r["ledger_fake"]),
-            _mib(r["max_allocated"]), _pct(_err(r["max_allocated"], r["max_allocated_pred"])),
+            mib(r["ledger_cuda"]), mib(r["ledger_fake"]),
+            mib(r["max_allocated"]), _pct(_err(r["max_allocated"], r["max_allocated_pred"])),
             _pct(_err(r["max_allocated"], r["replay_allocated"])),
-            _mib(r["max_reserved"]), _pct(_err(r["max_reserved"], r["max_reserved_pred"])),
+            mib(r["max_reserved"]), _pct(_err(r["max_reserved"], r["max_reserved_pred"])),
             _pct(_err(r["max_reserved"], r["replay_reserved"])),
-            _mib(r["nvml_used"]), _pct(_err(r["nvml_used"], r["nvml_pred"]))]
+            mib(r["nvml_used"]), _pct(_err(r["nvml_used"], r["nvml_pred"]))]
 
 
 def summary(rows: list[dict]) -> list[str]:
@@ -280,8 +278,8 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
               f"{meta.get('transformers', '?')}, peft {meta.get('peft', '?')}, membench "
               f"{meta.get('git_revision') or meta.get('membench', '?')}; {meta.get('wall_s', '?')} s.", ""]
     if meta.get("context_measured") is not None:
-        lines += [f"CUDA context measured with NVML: {_mib(meta['context_measured'])} MiB "
-                  f"(the GPU table says ~{_mib(meta.get('context_table'))} MiB).", ""]
+        lines += [f"CUDA context measured with NVML: {mib(meta['context_measured'])} MiB "
+                  f"(the GPU table says ~{mib(meta.get('context_table'))} MiB).", ""]
     lines += summary(rows) + [""]
     lines += ["Columns: the SDPA kernels torch picked and how many calls membench predicted the same; report "
               "rows (layers) whose saved bytes the fake run predicts to the byte, and both totals; the "

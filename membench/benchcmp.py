@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .units import parse_bytes
 
 # versions that memory figures depend on, and machine facts that step time depends on
 VERSION_KEYS = ("torch", "transformers", "peft")
@@ -70,9 +71,6 @@ class Limit:
         return self.text or (self.kind if self.kind == "off" else f"{self.value:g}%")
 
 
-_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
-
-
 def parse_limit(text: str, *, what: str = "limit", allow_bytes: bool = True) -> Limit:
     """'0%', '2.5%', 'off' (also 'none'), and for memory '512', '512B', '4KiB', '1MB'."""
     raw = str(text).strip()
@@ -82,10 +80,9 @@ def parse_limit(text: str, *, what: str = "limit", allow_bytes: bool = True) -> 
     m = re.fullmatch(r"\+?(\d+(?:\.\d+)?)%", low)
     if m:
         return Limit("pct", float(m.group(1)), f"{float(m.group(1)):g}%")
-    m = re.fullmatch(r"\+?(\d+(?:\.\d+)?)([kmg]i?b|b)?", low)
-    if m and allow_bytes:
-        unit = m.group(2) or ""
-        return Limit("bytes", float(m.group(1)) * _UNITS[unit], raw)
+    size = parse_bytes(low.removeprefix("+")) if allow_bytes else None
+    if size is not None:
+        return Limit("bytes", float(size), raw)
     allowed = "a percentage such as 0% or 2.5%, a size such as 512B or 4KiB, or off" if allow_bytes \
         else "a percentage such as 10%, or off"
     raise UserError(f"{what} {text!r}: expected {allowed}")

@@ -13,8 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..paths import output_file, write_text_atomic
+from ..units import format_bytes
 from . import app
-from .format import human_bytes
 
 
 def _console() -> Console:
@@ -30,7 +30,7 @@ def _signed_bytes(delta: int | None) -> str:
     if delta == 0:
         return "="
     sign = "+" if delta > 0 else "-"
-    return f"{sign}{human_bytes(abs(delta))}"
+    return f"{sign}{format_bytes(abs(delta))}"
 
 
 def _pct(p: float | None) -> str:
@@ -47,11 +47,11 @@ def _mem_cell(row, metric: str) -> str:
         return ""
     if m.base is None or m.current is None:
         value = m.current if m.current is not None else m.base
-        return human_bytes(value)
+        return format_bytes(value)
     if m.delta == 0:
-        return f"{human_bytes(m.current)} ="
+        return f"{format_bytes(m.current)} ="
     style = "red" if m.regressed else ("green" if m.delta < 0 else "yellow")
-    return f"{human_bytes(m.current)} [{style}]{_signed_bytes(m.delta)} ({_pct(m.pct)})[/{style}]"
+    return f"{format_bytes(m.current)} [{style}]{_signed_bytes(m.delta)} ({_pct(m.pct)})[/{style}]"
 
 
 def _other_cell(row) -> str:

@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from ..paths import output_file, write_text_atomic
+from ..units import format_bytes
 from . import app
-from .format import console, human_bytes, status
+from .format import console, status
 from .sweep import _split
 
 
@@ -57,19 +58,19 @@ def fit(
 
 def fit_table(rows, spec, headroom: float) -> Table:
     budget = rows[0].budget_bytes if rows else 0
-    t = Table(title=f"{rows[0].model if rows else ''} on {spec.name} ({human_bytes(spec.memory_bytes)}, "
-                    f"{headroom * 100:g}% headroom: {human_bytes(budget)}): largest batch size, predicted",
+    t = Table(title=f"{rows[0].model if rows else ''} on {spec.name} ({format_bytes(spec.memory_bytes)}, "
+                    f"{headroom * 100:g}% headroom: {format_bytes(budget)}): largest batch size, predicted",
               caption="peak = predicted max_memory_reserved over two training steps + CUDA context "
-                      f"(~{human_bytes(spec.context_bytes)}, approximate); max batch 0: batch size 1 does not fit")
+                      f"(~{format_bytes(spec.context_bytes)}, approximate); max batch 0: batch size 1 does not fit")
     for col, just in (("method", "left"), ("seq", "right"), ("max batch", "right"), ("peak there", "right"),
                       ("next batch", "right"), ("its peak", "right"), ("over by", "right")):
         t.add_column(col, justify=just)
     for r in rows:
-        peak = human_bytes(r.predicted_max_reserved_bytes + r.context_bytes) if r.max_batch_size else "-"
+        peak = format_bytes(r.predicted_max_reserved_bytes + r.context_bytes) if r.max_batch_size else "-"
         nxt = str(r.first_failing_batch_size) if r.first_failing_batch_size else "-"
-        its = (human_bytes(r.first_failing_reserved_bytes + r.context_bytes)
+        its = (format_bytes(r.first_failing_reserved_bytes + r.context_bytes)
                if r.first_failing_reserved_bytes is not None else "-")
-        over = human_bytes(r.over_by_bytes) if r.over_by_bytes is not None else "-"
+        over = format_bytes(r.over_by_bytes) if r.over_by_bytes is not None else "-"
         best = f"[green]{r.max_batch_size}[/]" if r.max_batch_size else "[red]0[/]"
         t.add_row(r.method, str(r.seq_len), best, peak, nxt, its, over)
     return t

@@ -1,4 +1,4 @@
-"""Human units and shared rich helpers (no torch)."""
+"""Shared rich helpers for the CLI (no torch); byte units are membench.units."""
 
 from __future__ import annotations
 
@@ -8,17 +8,6 @@ from rich.console import Console
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
 
 
 def table(title: str | None = None, columns=(), *, keep: dict[str, int] | None = None, **kwargs):

@@ -60,7 +60,7 @@ def list_(verbose: bool = typer.Option(False, "--verbose", "-v",
 def gpu_table() -> Table:
     """The shipped GPU table (membench.gpu.specs): what `--gpu` can name."""
     from ..gpu import specs
-    from .format import human_bytes
+    from ..units import format_bytes
 
     t = Table(title="GPUs a CUDA target can name (--gpu)",
               caption=f"default {specs.DEFAULT_GPU}; sm: compute capability; cuBLAS: its workspace; "
@@ -71,8 +71,8 @@ def gpu_table() -> Table:
         t.add_column(col, justify=just, overflow="fold", no_wrap=col == "name")  # never cut: fold
     for g in specs.GPUS.values():
         order = "cudnn first" if g.prefers_cudnn_sdpa else "flash first"
-        t.add_row(g.name, g.label, g.compute_capability, human_bytes(g.memory_bytes),
-                  human_bytes(g.cublas_workspace_bytes), human_bytes(g.context_bytes), order)
+        t.add_row(g.name, g.label, g.compute_capability, format_bytes(g.memory_bytes),
+                  format_bytes(g.cublas_workspace_bytes), format_bytes(g.context_bytes), order)
     return t
 
 

@@ -9,8 +9,9 @@ import typer
 
 from ..errors import UserError
 from ..paths import output_file
+from ..units import format_bytes
 from . import app
-from .format import console, human_bytes
+from .format import console
 from .format import table as fmt_table
 
 results_app = typer.Typer(add_completion=False, invoke_without_command=True, no_args_is_help=False,
@@ -107,7 +108,7 @@ def results(
 
 def _hb(v) -> str:
     try:
-        return human_bytes(int(v))
+        return format_bytes(int(v))
     except (TypeError, ValueError):
         return "-"
 

@@ -10,8 +10,9 @@ from rich.table import Table
 from ..assignments import parse_assignments
 from ..errors import UserError
 from ..paths import output_file
+from ..units import format_bytes
 from . import app
-from .format import console, human_bytes, status
+from .format import console, status
 
 
 def parse_options(items: list[str] | None) -> dict[str, str]:
@@ -42,37 +43,37 @@ def print_result(result) -> None:
     table.add_column("saved for backward", justify="right")
     table.add_column("recomputed in backward", justify="right")
     for row in result.layers:
-        table.add_row(row.name, human_bytes(row.activation_bytes),
-                      human_bytes(row.recompute_bytes) if row.recompute_bytes else "")
+        table.add_row(row.name, format_bytes(row.activation_bytes),
+                      format_bytes(row.recompute_bytes) if row.recompute_bytes else "")
     table.add_section()
-    table.add_row("[bold]total", f"[bold]{human_bytes(result.activation_bytes)}",
-                  human_bytes(result.recompute_bytes) if result.recompute_bytes else "")
+    table.add_row("[bold]total", f"[bold]{format_bytes(result.activation_bytes)}",
+                  format_bytes(result.recompute_bytes) if result.recompute_bytes else "")
     console.print(table)
 
     bd = Table(title="memory breakdown of one step", show_header=False)
     bd.add_column("what")
     bd.add_column("bytes", justify="right")
     pct = 100 * result.num_trainable_params / max(result.num_params, 1)
-    bd.add_row("parameters", f"{human_bytes(result.param_bytes)} ({result.num_params:,})")
-    bd.add_row("trainable parameters", f"{human_bytes(result.trainable_param_bytes)} "
+    bd.add_row("parameters", f"{format_bytes(result.param_bytes)} ({result.num_params:,})")
+    bd.add_row("trainable parameters", f"{format_bytes(result.trainable_param_bytes)} "
                                        f"({result.num_trainable_params:,}, {pct:.2f}%)")
-    bd.add_row("gradients", human_bytes(result.grad_bytes))
-    bd.add_row(f"optimizer state ({result.optimizer or 'AdamW'})", human_bytes(result.optimizer_bytes))
-    bd.add_row("activations (saved at end of forward)", human_bytes(result.activation_bytes))
-    bd.add_row(f"peak activations + temporaries ({result.peak_phase})", human_bytes(result.peak_activation_bytes))
+    bd.add_row("gradients", format_bytes(result.grad_bytes))
+    bd.add_row(f"optimizer state ({result.optimizer or 'AdamW'})", format_bytes(result.optimizer_bytes))
+    bd.add_row("activations (saved at end of forward)", format_bytes(result.activation_bytes))
+    bd.add_row(f"peak activations + temporaries ({result.peak_phase})", format_bytes(result.peak_activation_bytes))
     if result.input_bytes:
-        bd.add_row("model inputs", human_bytes(result.input_bytes))
+        bd.add_row("model inputs", format_bytes(result.input_bytes))
     if result.weight_copy_bytes:
-        bd.add_row("weight copies saved (casts)", human_bytes(result.weight_copy_bytes))
-    bd.add_row("[bold]estimated peak of the step", f"[bold]{human_bytes(result.estimated_peak_bytes)}")
+        bd.add_row("weight copies saved (casts)", format_bytes(result.weight_copy_bytes))
+    bd.add_row("[bold]estimated peak of the step", f"[bold]{format_bytes(result.estimated_peak_bytes)}")
     if result.cuda:
         bd.add_section()
-        bd.add_row("CUDA max allocated", human_bytes(result.cuda.get("max_allocated_bytes")))
-        bd.add_row("CUDA max reserved", human_bytes(result.cuda.get("max_reserved_bytes")))
-        bd.add_row("CUDA activation (paper: peak - after step)", human_bytes(result.cuda.get("paper_activation_bytes")))
+        bd.add_row("CUDA max allocated", format_bytes(result.cuda.get("max_allocated_bytes")))
+        bd.add_row("CUDA max reserved", format_bytes(result.cuda.get("max_reserved_bytes")))
+        bd.add_row("CUDA activation (paper: peak - after step)", format_bytes(result.cuda.get("paper_activation_bytes")))
     if result.nvml:
         used = result.nvml.get("peak_used_bytes")
-        bd.add_row("NVML device used (peak)", human_bytes(used) if result.nvml.get("available") else "unavailable")
+        bd.add_row("NVML device used (peak)", format_bytes(used) if result.nvml.get("available") else "unavailable")
     console.print(bd)
     if result.predicted_cuda:
         console.print(predicted_table(result))
@@ -86,17 +87,17 @@ def predicted_table(result) -> Table:
                       "caching allocator; ~ approximate")
     t.add_column("what")
     t.add_column("bytes", justify="right")
-    t.add_row("max allocated (torch.cuda.max_memory_allocated)", human_bytes(p["max_allocated_bytes"]))
-    t.add_row("max reserved (torch.cuda.max_memory_reserved)", human_bytes(p["max_reserved_bytes"]))
-    t.add_row("allocated after the step", human_bytes(p["allocated_after_step_bytes"]))
-    t.add_row("activations (paper: max allocated - after the step)", human_bytes(p["activation_bytes_paper"]))
-    t.add_row("  of it cuBLAS/cuBLASLt workspaces", human_bytes(p["cublas_workspace_bytes"]))
+    t.add_row("max allocated (torch.cuda.max_memory_allocated)", format_bytes(p["max_allocated_bytes"]))
+    t.add_row("max reserved (torch.cuda.max_memory_reserved)", format_bytes(p["max_reserved_bytes"]))
+    t.add_row("allocated after the step", format_bytes(p["allocated_after_step_bytes"]))
+    t.add_row("activations (paper: max allocated - after the step)", format_bytes(p["activation_bytes_paper"]))
+    t.add_row("  of it cuBLAS/cuBLASLt workspaces", format_bytes(p["cublas_workspace_bytes"]))
     phases = p.get("phases", {})
     if phases:
         t.add_row("max allocated per phase (" + " / ".join(phases) + ")",
-                  " / ".join(human_bytes(v["max_allocated_bytes"]) for v in phases.values()))
-    t.add_row("~ CUDA context (not in the allocator)", human_bytes(p["context_bytes"]))
-    t.add_row("~ nvidia-smi at the peak (reserved + context)", human_bytes(p["nvidia_smi_bytes"]))
+                  " / ".join(format_bytes(v["max_allocated_bytes"]) for v in phases.values()))
+    t.add_row("~ CUDA context (not in the allocator)", format_bytes(p["context_bytes"]))
+    t.add_row("~ nvidia-smi at the peak (reserved + context)", format_bytes(p["nvidia_smi_bytes"]))
     if p.get("sdpa_backends"):
         t.add_row("attention kernel (SDPA)", ", ".join(f"{k} x{v}" for k, v in p["sdpa_backends"].items()))
     if p.get("alloc_conf"):

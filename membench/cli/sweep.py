@@ -10,8 +10,9 @@ from rich.table import Table
 
 from ..assignments import parse_assignments
 from ..errors import UserError
+from ..units import format_bytes, parse_bytes
 from . import app
-from .format import console, err_console, human_bytes
+from .format import console, err_console
 from .format import table as fmt_table
 
 
@@ -102,20 +103,13 @@ class RichProgress:
 
 
 def parse_size(text: str | int | float | None) -> int | None:
-    """'24GiB', '24GB', '80e9', 1024 -> bytes."""
-    import re
-
+    """--budget: '24GiB', '80GB', '8e9', 1024 -> bytes (positive)."""
     if text is None:
         return None
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return int(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?i?b?)?\s*", str(text), re.IGNORECASE)
-    if not m or float(m.group(1)) <= 0:
+    n = parse_bytes(text)
+    if not n:
         raise UserError(f"--budget {text!r}: expected a size such as 24GiB, 80GB or 8e9 (bytes)")
-    unit = (m.group(2) or "").lower().rstrip("b")
-    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-             "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}[unit]
-    return int(float(m.group(1)) * scale)
+    return n
 
 
 def _peak(row) -> int | None:
@@ -140,7 +134,7 @@ def summary_table(db: str, keys: list[str], budget: int | None = None) -> Table 
         return None
     title = f"sweep results ({len(df)} runs in {db})"
     if budget:
-        title += f"; budget {human_bytes(budget)} (CUDA reserved, measured or predicted; else the estimated peak)"
+        title += f"; budget {format_bytes(budget)} (CUDA reserved, measured or predicted; else the estimated peak)"
     cols = [("model", "left"), ("method", "left"), ("seq", "right"), ("dtype", "left"), ("batch: status", "left"),
             ("largest ok batch", "right"), ("peak there", "right"), ("activations there", "right")]
     if budget:
@@ -156,7 +150,7 @@ def summary_table(db: str, keys: list[str], budget: int | None = None) -> Table 
         row = [model, method, str(seq), dtype, cells]
         if len(ok):
             best = ok.iloc[-1]
-            row += [str(best["batch_size"]), human_bytes(_peak(best)), human_bytes(best["activation_bytes"])]
+            row += [str(best["batch_size"]), format_bytes(_peak(best)), format_bytes(best["activation_bytes"])]
         else:
             row += ["-", "-", "-"]
         if budget:
@@ -196,8 +190,8 @@ def train_table(db: str, keys: list[str]) -> Table | None:
         table.add_row(str(r["task"]), str(r["model_label"]), str(r["method_label"]),
                       f"[{style.get(r['status'], 'white')}]{r['status']}[/]",
                       num(r, "accuracy", lambda v: f"{v:.3f}"), num(r, "majority_accuracy", lambda v: f"{v:.3f}"),
-                      num(r, "estimated_peak_bytes", lambda v: human_bytes(int(v))),
-                      num(r, "peak_activation_bytes", lambda v: human_bytes(int(v))),
+                      num(r, "estimated_peak_bytes", lambda v: format_bytes(int(v))),
+                      num(r, "peak_activation_bytes", lambda v: format_bytes(int(v))),
                       num(r, "step_time_s", lambda v: f"{v * 1000:.0f} ms"))
     return table
 

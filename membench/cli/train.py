@@ -11,8 +11,9 @@ import typer
 from rich.table import Table
 
 from ..errors import UserError
+from ..units import format_bytes
 from . import app
-from .format import console, err_console, human_bytes, status
+from .format import console, err_console, status
 from .run import parse_options
 
 
@@ -103,12 +104,12 @@ def print_outcome(outcome) -> None:
     if r is not None:
         t.add_section()
         t.add_row(f"memory of one step (b{r.batch_size}, s{r.seq_len})", "")
-        t.add_row("  activations saved for backward", human_bytes(r.activation_bytes))
-        t.add_row("  peak activations + temporaries", human_bytes(r.peak_activation_bytes))
-        t.add_row("  parameters / gradients / optimizer", f"{human_bytes(r.param_bytes)} / "
-                  f"{human_bytes(r.grad_bytes)} / {human_bytes(r.optimizer_bytes)}")
+        t.add_row("  activations saved for backward", format_bytes(r.activation_bytes))
+        t.add_row("  peak activations + temporaries", format_bytes(r.peak_activation_bytes))
+        t.add_row("  parameters / gradients / optimizer", f"{format_bytes(r.param_bytes)} / "
+                  f"{format_bytes(r.grad_bytes)} / {format_bytes(r.optimizer_bytes)}")
         t.add_row("  trainable parameters", f"{r.num_trainable_params:,} of {r.num_params:,}")
-        t.add_row("  estimated peak of the step", human_bytes(r.estimated_peak_bytes))
+        t.add_row("  estimated peak of the step", format_bytes(r.estimated_peak_bytes))
     if m.get("head_made_trainable"):
         t.add_row("note", "the method froze the classification head; it was made trainable")
     console.print(t)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..paths import write_bytes_atomic
+from ..units import mib
 from . import figures as F
 from .data import load_report_data
 from .pareto import pareto_mask
@@ -96,7 +97,7 @@ def _isnull(v) -> bool:
 
 
 def _mib(v) -> str:
-    return "" if _isnull(v) else f"{float(v) / 2**20:,.1f}"
+    return "" if _isnull(v) else mib(v)
 
 
 def _num(v, fmt="{:,.0f}") -> str:

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..units import axis_unit
 from .pareto import frontier_path, pareto_mask
 
-MIB = 2**20
 GREY = "#b0b0b0"
 
 
@@ -39,14 +39,6 @@ def _plt():
     plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3,
                          "figure.dpi": 100, "savefig.dpi": 110, "legend.fontsize": 8.5})
     return plt
-
-
-def byte_unit(max_bytes: float) -> tuple[str, float]:
-    """The binary unit that keeps an axis readable (values >= 2 of it)."""
-    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if max_bytes and max_bytes >= 2 * div:
-            return unit, float(div)
-    return "B", 1.0
 
 
 def slug(*parts) -> str:
@@ -103,7 +95,7 @@ def memory_scaling(data) -> list[Figure]:
                 continue
             fixed_value = counts.idxmax()
             sub = _latest(g[g[fixed] == fixed_value], ["method_label", axis])
-            unit, div = byte_unit(float(sub[["activation_bytes", "peak_activation_bytes"]].max().max()))
+            unit, div = axis_unit(float(sub[["activation_bytes", "peak_activation_bytes"]].max().max()))
             colors = _colors(sub["method_label"].unique())
             fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), sharex=True)
             for ax, col, label in ((axes[0], "activation_bytes", "activations saved for backward"),
@@ -173,7 +165,7 @@ def layer_bars(data) -> list[Figure]:
         names = order + [n for n in names if n not in order]
         colors = _layer_colors(names)
         top = max(float(sub["peak_activation_bytes"].max()), float(lay.groupby("run_id")["activation_bytes"].sum().max()))
-        unit, div = byte_unit(top)
+        unit, div = axis_unit(top)
         floor = MIN_SLICE * top / div  # a non-zero slice is drawn at least this tall
         fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(sub) + 4), 4.8))
         x = list(range(len(sub)))
@@ -236,7 +228,7 @@ def breakdown(data) -> list[Figure]:
              ("at_peak_bytes", "at the step's peak: activations, temporaries, gradients", "#c44e52"))
     for (model, dtype, dev), b, s, sub in _reference_configs(data):
         vals = breakdown_parts(sub)
-        unit, div = byte_unit(float(vals.sum(axis=1).max()))
+        unit, div = axis_unit(float(vals.sum(axis=1).max()))
         fig, ax = plt.subplots(figsize=(10, 0.55 * len(sub) + 2.2))
         y = list(range(len(sub)))
         left = [0.0] * len(sub)
@@ -326,7 +318,7 @@ def pareto(data) -> list[Figure]:
             if sub.empty:
                 ax.set_visible(False)
                 continue
-            unit, div = byte_unit(float(sub[col].max()))
+            unit, div = axis_unit(float(sub[col].max()))
             cost = (sub[col].astype(float) / div).tolist()
             acc = sub["accuracy"].astype(float).tolist()
             mask = pareto_mask(cost, acc)
@@ -413,7 +405,7 @@ def step_time(data) -> list[Figure]:
     runs = runs.dropna(subset=["step_time_s", "estimated_peak_bytes"])
     for dev, g in runs.groupby("device_label", sort=True):
         g = _latest(g, ["task", "model_label", "method_label", "dtype", "batch_size", "seq_len"])
-        unit, div = byte_unit(float(g["estimated_peak_bytes"].max()))
+        unit, div = axis_unit(float(g["estimated_peak_bytes"].max()))
         fig, ax = plt.subplots(figsize=(9.5, 4.8))
         colors = _colors(g["method_label"].unique())
         markers = dict(zip(sorted(g["model_label"].unique()), "osD^vP*Xh<>", strict=False))
