@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from membench import methods
 from membench.backbones.tiny import FAMILY_MODELS, tiny_overrides
 from membench.runner import build, build_device
 
+from .meft.meft_helpers import is_meft
+
 FAMILIES = sorted(FAMILY_MODELS)
-METHODS = ["full", "lora", "houlsby", "pfeiffer", "prefix", "ia3", "bitfit"]
+# Every registered method (so a new one is tested without editing a list), except
+# - modifiers (`ckpt`, `chunkloss`): names() leaves them out; the tests combine methods with `+ckpt` themselves;
+# - the MEFT variants (options: MeftOptions): tests/methods/meft/ checks their gradients against plain
+#   autograd, every family and variant. The rule is their options class, not their names (membench's Method
+#   has no "tested elsewhere" flag, and the tests do not add one to the package).
+METHODS = sorted(n for n in methods.names() if not is_meft(n))
 
 
 def applies(family: str, method: str) -> bool:

@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
-import baselines_util
 import pytest
 import torch
-from baselines_util import FAMILIES, METHODS, applies, build_cpu, gradient_problems, logits, two_steps
 
 from membench import methods
 from membench.errors import UserError
+
+from . import baselines_util
+from .baselines_util import FAMILIES, METHODS, applies, build_cpu, gradient_problems, logits, two_steps
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(baselines_util.one_thread)
 

@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
-import baselines_util
 import pytest
-from baselines_util import FAMILIES, overrides
 
 from membench import profile
 from membench.backbones.tiny import FAMILY_MODELS, text_seq
+
+from . import baselines_util
+from .baselines_util import FAMILIES, overrides
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(baselines_util.one_thread)
 

@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fixture_db import build_fixture_db  # tests/report/fixture_db.py
+
+from .fixture_db import build_fixture_db
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
-from fixture_db import build_fixture_db  # tests/report/fixture_db.py
+
+from .fixture_db import build_fixture_db
 
 
 @pytest.fixture(scope="module")

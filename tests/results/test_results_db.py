@@ -281,8 +281,7 @@ def test_run_db_and_sweeps_mix(tmp_path, cli):
     from membench.backbones.tiny import tiny_overrides
     from membench.sweep import Grid, run_sweep
 
-    sys.path.insert(0, str(REPO / "tests" / "plugins"))
-    from sweep_executor import FakeExecutor
+    from ..plugins.sweep_executor import FakeExecutor
 
     db = tmp_path / "mix.db"
     overrides = [f"--override={k}={v}" for k, v in tiny_overrides("opt").items()]

@@ -16,11 +16,10 @@ from membench.errors import UserError
 from membench.sweep import Grid, RunSpec, load_experiment, run_sweep
 from membench.sweep.spec import axis_group
 
+from ..plugins.sweep_executor import FakeExecutor
+
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "tests" / "plugins"
-sys.path.insert(0, str(PLUGINS))
-
-from sweep_executor import FakeExecutor  # noqa: E402
 
 
 def grid(**kw) -> Grid:

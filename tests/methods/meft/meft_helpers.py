@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import torch
 
+from membench import methods
 from membench.backbones.tiny import FAMILY_MODELS, tiny_overrides
-from membench.methods.meft import plain_autograd, tracing
+from membench.methods.meft import MeftOptions, plain_autograd, tracing
 from membench.runner import build, build_device
 
 FAMILIES = sorted(FAMILY_MODELS)
-VARIANTS = ("meft1", "meft2", "meft3")
+
+
+def is_meft(name: str) -> bool:
+    """A MEFT variant: a registered method whose options are `MeftOptions` (every variant is defined so).
+
+    This suite tests every one of them; the baseline tests (tests/methods/baselines_util.py) every other."""
+    return issubclass(methods.get(name).Config, MeftOptions)
+
+
+VARIANTS = tuple(sorted(n for n in methods.names() if is_meft(n)))  # a new variant is tested here as is
 PAPER = {"meft1": (0.1, 1.0), "meft2": (1.0, 0.1), "meft3": (0.1, 0.1)}
 
 NODROP = {"bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from meft_helpers import FAMILIES, VARIANTS, batch, both_ways, make, max_errors
 
 from membench import profile
 from membench.errors import UserError
 from membench.methods.meft import stacks_of
+
+from .meft_helpers import FAMILIES, VARIANTS, batch, both_ways, make, max_errors
 
 BOUND = 1e-9
 SEQ = 7  # divisible by neither 2 nor 3

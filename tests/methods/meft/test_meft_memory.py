@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from meft_helpers import FAMILIES
 
 from membench import profile
 from membench.backbones.tiny import FAMILY_MODELS, text_seq, tiny_overrides
+
+from .meft_helpers import FAMILIES
 
 ROTATE = {"bert": "meft1", "roberta": "meft2", "bart": "meft3", "opt": "meft1", "gpt2": "meft2", "llama": "meft3",
           "vit": "meft1"}

@@ -9,10 +9,11 @@ import math
 
 import pytest
 import torch
-from meft_helpers import FAMILIES, PAPER, VARIANTS, batch, both_ways, make, max_errors, rel, step
 
 import membench.methods.meft.reversible as reversible
 from membench.methods.meft import plain_autograd, stacks_of
+
+from .meft_helpers import FAMILIES, PAPER, VARIANTS, batch, both_ways, make, max_errors, rel, step
 
 BOUND = 1e-9
 

@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
-from meft_helpers import PAPER, VARIANTS, batch, make
 
 from membench.methods.meft.verify import starting_point, verify_numbers
+
+from .meft_helpers import PAPER, VARIANTS, batch, make
 
 
 def _mean_gap(family, variant, lam, beta):

@@ -57,13 +57,26 @@ def test_run_cpu_bert_full_with_method_option(cli, tmp_path):
     assert d["method_options"]["r"] == 4 and d["device"] == "cpu" and d["loss"] is not None
 
 
+def row_names(table_text: str) -> set[str]:
+    """The first cell of every body row of the tables printed (what a row is called), whole."""
+    return {line.split("│")[1].strip() for line in table_text.splitlines() if line.startswith("│")}
+
+
 def test_list(cli):
+    from membench import methods
+
     code, stdout, _ = cli("list")
     assert code == 0
+    listed = row_names(stdout)
+    # whole names: "gpt2" is not found in "gpt2-large", nor "full" in "full+ckpt" or "full fine-tuning"
     for name in ("bert-base", "bert-large", "roberta-base", "roberta-large", "bart-base", "bart-large",
                  "opt-125m", "opt-350m", "opt-1.3b", "opt-2.7b", "opt-6.7b", "gpt2", "gpt2-medium",
                  "gpt2-large", "llama-2-7b", "full", "lora"):
-        assert name in stdout, name
+        assert name in listed, name
+    assert set(methods.names(include_modifiers=True)) <= listed
+    # the check can fail: without the `full` row, "full" is still in the text (ckpt's summary), not a name
+    no_full = "\n".join(line for line in stdout.splitlines() if row_names(line) != {"full"})
+    assert "full" in no_full and "full" not in row_names(no_full) and "lora" in row_names(no_full)
 
 
 BAD = {

@@ -1,0 +1,1 @@
+"""The membench test suite: a package, so helpers are imported by module path (tests.methods.baselines_util)."""
