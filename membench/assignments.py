@@ -1,4 +1,5 @@
-"""`KEY=VALUE` arguments (`--override`, `--option`), parsed without importing torch."""
+"""Command-line values parsed without importing torch: `KEY=VALUE` (`--override`, `--option`),
+`METHOD.KEY=VALUE` (a sweep's `--option`) and comma-separated lists."""
 
 from __future__ import annotations
 
@@ -28,3 +29,39 @@ def parse_assignments(items, flag: str = "override", example: str = "num_hidden_
         else:
             out[key] = raw
     return out
+
+
+def parse_options(items: list[str] | None) -> dict[str, str]:
+    """`--option KEY=VALUE` (repeatable) -> {KEY: "VALUE"}; each method coerces its own values."""
+    return parse_assignments(items, flag="--option", example="r=16", json_values=False)
+
+
+def parse_method_options(items: list[str] | None) -> dict[str, dict[str, object]]:
+    """A sweep's `--option METHOD.KEY=VALUE` (repeatable) -> {METHOD: {KEY: value}} (JSON values)."""
+    out: dict[str, dict[str, object]] = {}
+    for item in items or ():
+        lhs = item.split("=", 1)[0]
+        if "=" not in item or "." not in lhs or not lhs.split(".", 1)[1].strip():
+            raise UserError(f"bad --option {item!r}: expected METHOD.KEY=VALUE, e.g. lora.r=16")
+        for key, value in parse_assignments([item], flag="--option", example="lora.r=16").items():
+            method, name = (s.strip() for s in key.split(".", 1))
+            out.setdefault(method, {})[name] = value
+    return out
+
+
+def split_list(value: str | None, flag: str, cast: type = str) -> list | None:
+    """'1,4,16' -> [1, 4, 16] (cast int) or ['a', 'b']; None stays None (the flag was not given)."""
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",")]
+    if any(not v for v in items):
+        raise UserError(f"{flag} {value!r}: empty value in the comma-separated list")
+    if cast is int:
+        out = []
+        for v in items:
+            try:
+                out.append(int(v))
+            except ValueError:
+                raise UserError(f"{flag}: {v!r} is not an integer") from None
+        return out
+    return items

@@ -1,5 +1,23 @@
 """User-facing errors: the CLI turns these into one line on stderr and exit code 2."""
 
+from __future__ import annotations
+
 
 class UserError(ValueError):
-    """Bad input from the user (unknown name, bad size, impossible device...)."""
+    """Bad input from the user (unknown name, bad size, impossible device...).
+
+    `field` names the input that was wrong when one setting was, so a caller that knows where the setting
+    came from (an experiment file's line) can point there: ("option", KEY) for a method option,
+    ("override", KEY) for a model-config override."""
+
+    def __init__(self, message: str = "", *, field: tuple[str, str] | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class PreflightError(UserError):
+    """Problems a sweep found before any run: `problems` is a list of (message, field or None)."""
+
+    def __init__(self, problems: list[tuple[str, tuple[str, str] | None]]):
+        super().__init__("; ".join(message for message, _ in problems))
+        self.problems = problems

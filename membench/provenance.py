@@ -29,23 +29,36 @@ def git_revision() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def provenance(device: str) -> dict:
-    import torch
+def provenance(device: str | None = None) -> dict:
+    """Where a number came from: versions, device, git revision, time, host and process.
 
+    The one provenance record of membench: the runner stamps every result with it and the sweep worker
+    every record (a failed run's too, before torch may have loaded: then torch's version comes from the
+    installed package and the CUDA fields stay empty)."""
+    import os
+    import socket
+    import sys
+
+    torch = sys.modules.get("torch")
     info = {
         "membench": _version("membench"),
-        "torch": torch.__version__,
+        "torch": torch.__version__ if torch is not None else _version("torch"),
         "transformers": _version("transformers"),
         "peft": _version("peft"),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cuda": torch.version.cuda,
+        "cuda": torch.version.cuda if torch is not None else None,
         "device_name": platform.processor() or platform.machine(),
         "git_revision": git_revision(),
         "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
     }
-    if device == "cuda":
-        info["device_name"] = torch.cuda.get_device_name()
+    if device == "cuda" and torch is not None:
+        try:  # noqa: SIM105 - best effort: a failed run may have failed because CUDA did not start
+            info["device_name"] = torch.cuda.get_device_name()
+        except Exception:  # noqa: BLE001
+            pass
     elif device == "fake":
         info["device_name"] = "fake (FakeTensorMode: shapes only, no memory)"
     return info

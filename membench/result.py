@@ -9,6 +9,24 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 
+def model_name(model: str | None, pretrained: str | None = None, default: str | None = None) -> str:
+    """The name a run's model goes by in results and reports (the one rule, for every kind of run).
+
+    A named model is its name; a local checkpoint is its folder's name, or the parent's when the folder
+    is a generic "model" / "checkpoint" / "final" (runs/sst2/final -> sst2); neither is `default`."""
+    if model:
+        return str(model)
+    if pretrained:
+        from pathlib import Path
+
+        path = Path(pretrained).resolve()
+        generic = path.name in ("model", "checkpoint", "final") and path.parent.name
+        return path.parent.name if generic else path.name
+    if default is None:
+        raise ValueError("a run needs a named model or a checkpoint")
+    return default
+
+
 @dataclass
 class LayerRow:
     name: str

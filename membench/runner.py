@@ -23,19 +23,12 @@ from collections.abc import Callable
 from typing import Any
 
 from . import backbones, dtypes, methods, optimizers
+from .devices import DEVICES, default_device
 from .errors import UserError
 from .gpu import specs as gpu_specs
 from .gpu.target import Target
 from .gpu.target import resolve as _resolve_target
-from .result import LayerRow, RunResult
-
-DEVICES = ("cpu", "fake", "cuda")
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "fake"
+from .result import LayerRow, RunResult, model_name
 
 
 def check_device(device: str | None) -> str:
@@ -351,7 +344,7 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
     with mode if mode is not None else contextlib.nullcontext():
         step = profile_step(trained, batch, groups=groups, cuda=device == "cuda", snapshot_path=snapshot,
                             read_loss=device != "fake", track_live=track_live, **setup.kwargs)
-    name = model or pretrained
+    name = model_name(model, pretrained)
     return _result(step, order, setup, model=name, method=method, batch_size=batch_size, seq_len=seq_len,
                    dtype=dtype, device=device, attn=attn, overrides=overrides,
                    method_options=methods.options_dict(cfg, cfg.modifiers),

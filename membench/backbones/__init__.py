@@ -121,8 +121,12 @@ def make_config(backbone: Backbone | None, overrides: dict | None = None, attn: 
             words = {"layer", "layers", "hidden", "heads", "head", "size", "dim", "positions", "position", "embd", "model"}
             sizes = [k for k, v in sorted(known.items()) if isinstance(v, int) and not isinstance(v, bool)
                      and (k.startswith("n_") or words & set(k.split("_")))]
-            raise UserError(f"unknown config key {key!r} for {config.model_type}; size keys are: {', '.join(sizes)}")
-        setattr(config, key, _check_type(key, known.get(key, getattr(config, key, None)), value))
+            raise UserError(f"unknown config key {key!r} for {config.model_type}; size keys are: {', '.join(sizes)}",
+                            field=("override", key))
+        try:
+            setattr(config, key, _check_type(key, known.get(key, getattr(config, key, None)), value))
+        except UserError as exc:
+            raise UserError(str(exc), field=("override", key)) from None
     _derive_head_dim(config, overrides or {})
     if "use_cache" not in (overrides or {}) and hasattr(config, "use_cache"):
         config.use_cache = False  # a training step keeps no KV cache (fine-tuning scripts turn it off)

@@ -8,11 +8,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..assignments import split_list
 from ..paths import output_file, write_text_atomic
 from ..units import format_bytes
 from . import app
 from .format import console, status
-from .sweep import _split
 
 
 @app.command()
@@ -40,11 +40,11 @@ def fit(
     from ..gpu import specs
 
     spec = specs.get(gpu)
-    lens = _split(seq_lens, "--seq-lens", int) if seq_lens is not None else [seq_len]  # [None]: the default
+    lens = split_list(seq_lens, "--seq-lens", int) if seq_lens is not None else [seq_len]  # [None]: the default
     if out is not None:
         output_file(out, "--out")
     with status("fitting") as say:
-        rows = run_fit(model, _split(methods, "--methods"), gpu=spec.name, seq_lens=lens, dtype=dtype, attn=attn,
+        rows = run_fit(model, split_list(methods, "--methods"), gpu=spec.name, seq_lens=lens, dtype=dtype, attn=attn,
                        headroom=headroom, optimizer=optimizer, alloc_conf=alloc_conf,
                        overrides=backbones.parse_overrides(override), max_batch_size=max_batch_size, jobs=jobs,
                        progress=say)

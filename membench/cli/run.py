@@ -7,17 +7,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..assignments import parse_assignments
+from ..assignments import parse_options
 from ..errors import UserError
 from ..paths import output_file
 from ..units import format_bytes
 from . import app
 from .format import console, status
-
-
-def parse_options(items: list[str] | None) -> dict[str, str]:
-    """`--option KEY=VALUE` (repeatable) -> {KEY: "VALUE"}; each method coerces its own values."""
-    return parse_assignments(items, flag="--option", example="r=16", json_values=False)
 
 
 def target_caption(result) -> str:

@@ -10,11 +10,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..assignments import parse_options
 from ..errors import UserError
 from ..units import format_bytes
 from . import app
 from .format import console, err_console, status
-from .run import parse_options
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """`membench verify`: is a reversible MEFT model numerically trustworthy? One step both ways.
 
-`--db PATH` stores the per-layer numbers as one run of kind "verify" (series per layer
-index: recon_error, grad_error, start_gap), which `membench report` plots against depth.
+`--db PATH` stores the per-layer numbers as one run of kind "verify" (membench.verify.store_verify),
+which `membench report` plots against depth.
 """
 
 from __future__ import annotations
@@ -20,62 +20,6 @@ from .format import table as fmt_table
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.2e}"
-
-
-SERIES = (("recon_error", "recon_error"), ("grad_error", "grad_error"), ("start_gap", "start_gap"))
-
-
-def verify_record(res: dict) -> tuple[dict, dict, dict]:
-    """(config, metrics, series) of a `verify_numbers` result, as the results database stores them.
-
-    Series are indexed by layer (depth, 0 = bottom); with several stacks (encoder-decoder models)
-    each series name is prefixed by its stack ("decoder.grad_error")."""
-    stacks = list(dict.fromkeys(row["stack"] for row in res["layers"]))
-    series: dict[str, list[tuple[int, float]]] = {}
-    for row in res["layers"]:
-        for field, name in SERIES:
-            value = row.get(field)
-            if value is None:
-                continue
-            full = name if len(stacks) == 1 else f"{row['stack']}.{name}"
-            series.setdefault(full, []).append((int(row["layer"]), float(value)))
-
-    def worst(field):
-        vals = [row[field] for row in res["layers"] if row.get(field) is not None]
-        return max(vals) if vals else None
-
-    metrics = {"max_grad_error": res["max_grad_error"], "max_recon_error": worst("recon_error"),
-               "max_start_gap": worst("start_gap"), "output_gap": res.get("output_gap"),
-               "head_grad_error": res.get("head_grad_error"),
-               "input_grad_error": max(res["input_grad_error"].values()) if res.get("input_grad_error") else None,
-               "passed": float(res["passed"]), "threshold": res["threshold"],
-               "loss_reversible": res["loss_reversible"], "loss_plain": res["loss_plain"],
-               "rng_state_equal": float(res["rng_state_equal"]),
-               "reversible_layers": float(sum(1 for row in res["layers"] if row["reversible"]))}
-    metrics = {k: v for k, v in metrics.items() if v is not None}
-    model = str(res["model"])
-    if res.get("pretrained"):
-        model = Path(model).name or model
-    config = {"kind": "verify", "model": model, "method": res["method"], "batch_size": res["batch_size"],
-              "seq_len": res["seq_len"], "dtype": res["dtype"], "device": "cpu",
-              "overrides": dict(res.get("overrides") or {}), "method_options": dict(res.get("options") or {}),
-              "seed": res["seed"], "threshold": res["threshold"], "pretrained": res.get("pretrained")}
-    return config, metrics, series
-
-
-def store_verify(db: str | Path, res: dict) -> int:
-    """Store one `verify_numbers` result as a run of kind "verify"; the same check stored again replaces it."""
-    import hashlib
-
-    from .. import __version__
-    from ..results import store_result
-    from ..sweep.worker import base_provenance
-
-    config, metrics, series = verify_record(res)
-    blob = json.dumps({"verify": config, "membench": __version__}, sort_keys=True, default=str)
-    key = "verify-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
-    return store_result(str(db), None, kind="verify", status="ok", metrics=metrics, series=series, config=config,
-                        key=key, provenance=base_provenance("cpu"))
 
 
 def print_verify(res: dict) -> None:
@@ -130,8 +74,8 @@ def verify(
 ) -> None:
     """Run one step reversibly and with plain autograd (same weights); print per-layer errors. Exit 1 on fail."""
     from .. import backbones
-    from ..methods.meft.verify import verify_numbers
-    from .run import parse_options
+    from ..assignments import parse_options
+    from ..verify import store_verify, verify_numbers
 
     if not model and not pretrained:
         raise UserError("give --model NAME (see `membench list`) or --pretrained PATH")

@@ -46,8 +46,12 @@ class Method:
         for key, value in (options or {}).items():
             if key not in fields:
                 allowed = ", ".join(fields) or "none"
-                raise UserError(f"method {self.name!r} has no option {key!r}; options: {allowed}")
-            values[key] = _coerce(self.name, key, fields[key], value)
+                raise UserError(f"method {self.name!r} has no option {key!r}; options: {allowed}",
+                                field=("option", key))
+            try:
+                values[key] = _coerce(self.name, key, fields[key], value)
+            except UserError as exc:
+                raise UserError(str(exc), field=("option", key)) from None
         return self.Config(**values)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import PreflightError, UserError
 from ..results import schema as _schema
 from ..results.store import store_result
 from .executors import Executor
@@ -125,7 +125,8 @@ def run_sweep(specs: list[RunSpec | TrainSpec], *, db: str | os.PathLike, execut
 
     problems = executor.preflight(list(todo))
     if problems:
-        raise UserError("; ".join(problems))
+        raise PreflightError([(p, None) if isinstance(p, str) else (p["message"], tuple(p["field"] or ()) or None)
+                              for p in problems])
     _schema.connect(db).close()  # create or migrate once, before the first run ends
     if progress is not None:
         progress.start(len(todo), summary.already_done)

@@ -67,8 +67,9 @@ class Executor:
     def start(self, specs: list[RunSpec]) -> None:
         pass
 
-    def preflight(self, specs: list[RunSpec]) -> list[str]:
-        """Problems with the sweep's names and options, found before any run (one line each)."""
+    def preflight(self, specs: list[RunSpec]) -> list:
+        """Problems with the sweep's names and options, found before any run: each a line, or a
+        {"message", "field"} record naming the setting that was wrong."""
         return []
 
     def submit(self, spec: RunSpec, timeout: float | None) -> None:  # pragma: no cover - interface
@@ -166,7 +167,7 @@ class LocalExecutor(Executor):
                 err.close()
 
     # -- interface ----------------------------------------------------------
-    def preflight(self, specs: list[RunSpec]) -> list[str]:
+    def preflight(self, specs: list[RunSpec]) -> list:
         spec_path, out, log = self._paths()
         dicts = [s.to_dict() for s in specs]
         if self.start_method == "forkserver":
@@ -267,7 +268,7 @@ class RayExecutor(Executor):
 
         self._task = ray.remote(max_calls=1, max_retries=0)(worker.execute)
 
-    def preflight(self, specs: list[RunSpec]) -> list[str]:
+    def preflight(self, specs: list[RunSpec]) -> list:
         # names and options are checked on the driver's machine, in one local process
         local = LocalExecutor(start_method=self._start_method or "spawn")
         try:

@@ -169,11 +169,11 @@ class TrainSpec:
 
     def store_config(self) -> dict[str, Any]:
         """What a run that produced no outcome (oom / failed / timeout) stores as its config."""
+        from ..result import model_name
         from ..train.loop import DEFAULT_MODEL_NAME
 
         c = self.config
-        model = c.get("model") or (str(c["pretrained"]).rstrip("/").rsplit("/", 1)[-1] if c.get("pretrained")
-                                   else DEFAULT_MODEL_NAME)
+        model = model_name(c.get("model"), c.get("pretrained"), DEFAULT_MODEL_NAME)
         return {**c, "kind": "train", "model": model, "seq_len": c.get("max_length"),
                 "device": c.get("device") or "auto"}
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import socket
 import sys
 import time
 import traceback
 from typing import Any
+
+from ..provenance import provenance
 
 ERROR_LINES = 12
 
@@ -40,22 +40,6 @@ def _is_oom(exc: BaseException) -> bool:
 
 def tail(text: str, lines: int = ERROR_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def base_provenance(device: str | None = None) -> dict[str, Any]:
-    from .. import __version__
-
-    prov: dict[str, Any] = {"membench": __version__, "hostname": socket.gethostname(),
-                            "python": platform.python_version(), "pid": os.getpid()}
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        prov["torch"] = torch.__version__
-        if device == "cuda":
-            try:  # noqa: SIM105
-                prov["device_name"] = torch.cuda.get_device_name()
-            except Exception:  # noqa: BLE001 - best effort
-                pass
-    return prov
 
 
 def overrides_for(spec: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +91,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         record = {"status": status, "result": None, "error": error}
         exc = None  # drop the traceback's frames (and the memory they hold)
     record["wall_s"] = round(time.perf_counter() - t0, 3)
-    record["provenance"] = base_provenance(spec.get("device"))
+    record["provenance"] = provenance(spec.get("device"))
     return record
 
 
@@ -186,8 +170,9 @@ def child(spec: dict[str, Any], out_path: str, log_path: str | None = None, pare
     write_record(execute(spec), out_path)
 
 
-def preflight(specs: list[dict[str, Any]]) -> list[str]:
-    """Check names, overrides and method options of a sweep once, before any run (one line per problem)."""
+def preflight(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Check names, overrides and method options of a sweep once, before any run: one
+    {"message", "field"} per problem (field: the wrong setting, ["option" | "override", KEY], or None)."""
     from .. import backbones
     from ..errors import UserError
 
@@ -204,7 +189,7 @@ def preflight(specs: list[dict[str, Any]]) -> list[str]:
             yield [what, spec["model"], spec["method"], spec.get("overrides"), spec.get("method_options"),
                    spec.get("tiny")], check
 
-    problems: list[str] = []
+    problems: list[dict[str, Any]] = []
     seen: set[str] = set()
     for spec in specs:
         for ident, check in checks(spec):
@@ -215,8 +200,8 @@ def preflight(specs: list[dict[str, Any]]) -> list[str]:
             try:
                 check(spec)
             except UserError as exc:
-                if str(exc) not in problems:
-                    problems.append(str(exc))
+                if all(p["message"] != str(exc) for p in problems):
+                    problems.append({"message": str(exc), "field": list(exc.field) if exc.field else None})
     return problems
 
 

@@ -19,10 +19,10 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..result import model_name
 from .data import INSTALL_HINT, load_task
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -93,12 +93,8 @@ def default_pretrained() -> str:
 
 
 def model_label(cfg: TrainConfig, pretrained: str | None) -> str:
-    if cfg.model:
-        return cfg.model
-    if cfg.pretrained is None:
-        return DEFAULT_MODEL_NAME
-    p = Path(pretrained).resolve()
-    return p.parent.name if p.name in ("model", "checkpoint", "final") and p.parent.name else p.name
+    """The default MiniLM (pretrained is its packaged folder) goes by its name."""
+    return model_name(cfg.model, cfg.pretrained and pretrained, DEFAULT_MODEL_NAME)
 
 
 def _check(cfg: TrainConfig) -> None:

@@ -193,5 +193,5 @@ def test_run_pretrained_folder(cli, tmp_path):
                                "--device", "cpu", "--out", str(out))
     assert code == 0, stderr
     d = json.loads(out.read_text())
-    assert d["model"] == str(tmp_path / "ckpt") and d["provenance"]["pretrained"] == str(tmp_path / "ckpt")
+    assert d["model"] == "ckpt" and d["provenance"]["pretrained"] == str(tmp_path / "ckpt")  # result.model_name
     assert [row["name"] for row in d["layers"]][:2] == ["embeddings", "layers.0"]

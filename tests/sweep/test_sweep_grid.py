@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -272,30 +273,47 @@ def test_preflight_finds_bad_names_and_options():
            RunSpec("opt-125m", "full", 1, 16, "fp32", "fake", overrides={"num_layerz": 2})]
     problems = preflight([s.to_dict() for s in bad])
     assert len(problems) == 3
-    assert "unknown method 'nosuch'" in problems[0]
-    assert "has no option 'rank'" in problems[1]
-    assert "unknown config key 'num_layerz'" in problems[2]
+    assert "unknown method 'nosuch'" in problems[0]["message"] and problems[0]["field"] is None
+    assert "has no option 'rank'" in problems[1]["message"] and problems[1]["field"] == ["option", "rank"]
+    assert "unknown config key 'num_layerz'" in problems[2]["message"]
+    assert problems[2]["field"] == ["override", "num_layerz"]
 
 
 def test_problem_in_experiment_file_points_at_its_line(tmp_path):
-    from membench.cli.sweep import _locate
-    from membench.sweep.config import _where
+    from membench.sweep import experiment as xp
 
     f = tmp_path / "exp.toml"
     f.write_text(GOOD.replace("r = 4", "rank = 4"))
-    file = load_experiment(f)
-    msg = _locate("method 'lora' has no option 'rank'; options: r, alpha", f, file, _where)
+    exp = xp.resolve(f)
+    msg = xp.locate("method 'lora' has no option 'rank'; options: r, alpha", ("option", "rank"), exp)
     assert msg.startswith(f"{f}:17: key 'options.lora.rank'")
+    assert xp.locate("anything", None, exp) == "anything"  # not a setting: nothing to point at
+    assert xp.locate("x", ("override", "rank"), exp) == "x"  # not among the file's overrides
+
+
+def test_preflight_problems_are_located_in_the_file_when_run(tmp_path):
+    from membench.sweep import experiment as xp
+
+    class Refuses(FakeExecutor):
+        def preflight(self, specs):
+            return ["a plain line", {"message": "method 'lora' has no option 'rank'", "field": ["option", "rank"]}]
+
+    f = tmp_path / "exp.toml"
+    f.write_text(GOOD.replace("r = 4", "rank = 4"))
+    exp = xp.resolve(f, db=str(tmp_path / "x.db"))
+    with pytest.raises(UserError, match=rf"^a plain line; {re.escape(str(f))}:17: key 'options.lora.rank'"):
+        xp.run(exp, executor=Refuses())
 
 
 def test_budget_summary(tmp_path, cli):
-    from membench.cli.sweep import parse_size, summary_table
+    from membench.cli.sweep_view import summary_table
+    from membench.sweep.experiment import budget_bytes
 
-    assert parse_size("24GiB") == 24 * 2**30 and parse_size("80GB") == 80 * 10**9 and parse_size("8e9") == 8 * 10**9
-    assert parse_size(1024) == 1024 and parse_size("1.5 KiB") == 1536
-    for bad in ("24QB", "-1GB", "lots"):
+    assert budget_bytes("24GiB") == 24 * 2**30 and budget_bytes("80GB") == 80 * 10**9
+    assert budget_bytes(1024) == 1024 and budget_bytes("1.5 KiB") == 1536 and budget_bytes(None) is None
+    for bad in ("24QB", "-1GB", "lots", "0"):
         with pytest.raises(UserError, match="--budget"):
-            parse_size(bad)
+            budget_bytes(bad)
     db = tmp_path / "b.db"
     specs = grid(models=["opt-125m"], methods=["full"], seq_lens=[100], batch_sizes=[1, 2, 4, 8]).expand()
     run_sweep(specs, db=db, executor=FakeExecutor())

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from membench.methods.meft.verify import starting_point, verify_numbers
+from membench.verify import starting_point, verify_numbers
 
-from .meft_helpers import PAPER, VARIANTS, batch, make
+from .methods.meft.meft_helpers import PAPER, VARIANTS, batch, make
 
 
 def _mean_gap(family, variant, lam, beta):

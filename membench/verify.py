@@ -1,7 +1,8 @@
 """Numerical check of a MEFT model: one step reversible vs plain autograd, and the starting point.
 
-`verify_numbers(...)` returns plain data (dicts, lists, floats) so a report or a
-results database can store and plot it; `membench verify` prints it.
+Runner-level work (it builds a model as `membench run` does), so it lives beside the runner, not in
+the method. `verify_numbers(...)` returns plain data (dicts, lists, floats); `store_verify` stores it
+as a run of kind "verify" that `membench report` plots; `membench verify` prints it.
 
 Per reversible layer:
 - recon_error: relative error of the reconstructed layer input (max over the two
@@ -14,8 +15,12 @@ sees in the unmodified pre-trained model.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
+
+from .result import model_name
 
 
 def rel_error(a, b) -> float:
@@ -36,7 +41,7 @@ def _cat(tensors):
 def _step(model, batch, seed):
     import torch
 
-    from .inject import tracing
+    from .methods.meft.inject import tracing
 
     for p in model.parameters():
         p.grad = None
@@ -53,7 +58,7 @@ def starting_point(model, batch) -> dict[str, Any]:
     """Per adapted layer: how far the input the PLM layer sees is from the unmodified model's (eval mode)."""
     import torch
 
-    from .inject import pretrained_mode, stacks_of, tracing
+    from .methods.meft.inject import pretrained_mode, stacks_of, tracing
 
     stacks = stacks_of(model)
     was_training = model.training
@@ -95,10 +100,10 @@ def verify_numbers(model: str | None = "bert-base", method: str = "meft1", *, dt
     """One training step both ways (reversible vs plain autograd, identical weights and dropout masks)."""
     import torch
 
-    from ... import dtypes
-    from ...errors import UserError
-    from ...runner import build, build_device
-    from .inject import plain_autograd, stacks_of
+    from . import dtypes
+    from .errors import UserError
+    from .methods.meft.inject import plain_autograd, stacks_of
+    from .runner import build, build_device
 
     if not method.startswith("meft") or "+" in method:
         raise UserError(f"verify checks the reversible methods meft1, meft2, meft3; got {method!r}")
@@ -149,3 +154,57 @@ def verify_numbers(model: str | None = "bert-base", method: str = "meft1", *, dt
         "loss_plain": loss_plain, "rng_state_equal": bool(torch.equal(rng_rev, rng_plain)),
         "stack_output_gap": start["stack_output_gap"], "output_gap": start["output_gap"],
     }
+
+
+SERIES = (("recon_error", "recon_error"), ("grad_error", "grad_error"), ("start_gap", "start_gap"))
+
+
+def verify_record(res: dict) -> tuple[dict, dict, dict]:
+    """(config, metrics, series) of a `verify_numbers` result, as the results database stores them.
+
+    Series are indexed by layer (depth, 0 = bottom); with several stacks (encoder-decoder models)
+    each series name is prefixed by its stack ("decoder.grad_error")."""
+    stacks = list(dict.fromkeys(row["stack"] for row in res["layers"]))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in res["layers"]:
+        for field, name in SERIES:
+            value = row.get(field)
+            if value is None:
+                continue
+            full = name if len(stacks) == 1 else f"{row['stack']}.{name}"
+            series.setdefault(full, []).append((int(row["layer"]), float(value)))
+
+    def worst(field):
+        vals = [row[field] for row in res["layers"] if row.get(field) is not None]
+        return max(vals) if vals else None
+
+    metrics = {"max_grad_error": res["max_grad_error"], "max_recon_error": worst("recon_error"),
+               "max_start_gap": worst("start_gap"), "output_gap": res.get("output_gap"),
+               "head_grad_error": res.get("head_grad_error"),
+               "input_grad_error": max(res["input_grad_error"].values()) if res.get("input_grad_error") else None,
+               "passed": float(res["passed"]), "threshold": res["threshold"],
+               "loss_reversible": res["loss_reversible"], "loss_plain": res["loss_plain"],
+               "rng_state_equal": float(res["rng_state_equal"]),
+               "reversible_layers": float(sum(1 for row in res["layers"] if row["reversible"]))}
+    metrics = {k: v for k, v in metrics.items() if v is not None}
+    model = model_name(None if res.get("pretrained") else res["model"], res.get("pretrained"))
+    config = {"kind": "verify", "model": model, "method": res["method"], "batch_size": res["batch_size"],
+              "seq_len": res["seq_len"], "dtype": res["dtype"], "device": "cpu",
+              "overrides": dict(res.get("overrides") or {}), "method_options": dict(res.get("options") or {}),
+              "seed": res["seed"], "threshold": res["threshold"], "pretrained": res.get("pretrained")}
+    return config, metrics, series
+
+
+def store_verify(db: str | Path, res: dict) -> int:
+    """Store one `verify_numbers` result as a run of kind "verify"; the same check stored again replaces it."""
+    import hashlib
+
+    from . import __version__
+    from .provenance import provenance
+    from .results import store_result
+
+    config, metrics, series = verify_record(res)
+    blob = json.dumps({"verify": config, "membench": __version__}, sort_keys=True, default=str)
+    key = "verify-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return store_result(str(db), None, kind="verify", status="ok", metrics=metrics, series=series, config=config,
+                        key=key, provenance=provenance("cpu"))
