@@ -351,6 +351,35 @@ def profile(model: str | None = "opt-125m", method: str = "full", *, batch_size:
                    config=config.to_dict(), wall_s=time.perf_counter() - t0, extra={"pretrained": pretrained})
 
 
+def profile_built(model, batch: dict, *, family, base=None, optimizer=None, device: str = "cpu",
+                  name: str, method: str, dtype: str | None = None, attn: str = "sdpa",
+                  overrides: dict | None = None, method_options: dict | None = None, config: dict | None = None,
+                  extra: dict | None = None) -> RunResult:
+    """Profile one training step of a model you built (`build`: a backbone with a method applied), on a
+    batch you give, with your optimizer, on the device its tensors are on -> RunResult.
+
+    The rows are the backbone's (embeddings, one per layer, head); `base` is the backbone inside
+    `model` when a method wrapped it (default: `model`). optimizer: a function params -> torch optimizer
+    (default AdamW); its state counts as the run's optimizer memory. The figures are the device's own
+    (no CUDA-target emulation: that is `profile`'s, which builds the model itself). `membench train`
+    profiles its first real batch with this; the step changes the model's weights and gradients as
+    any training step would."""
+    from .profilers.step import profile_step
+
+    t0 = time.perf_counter()
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"profile_built runs on real tensors; device {device!r}: allowed cpu, cuda")
+    groups, order = layer_groups(model, family, base if base is not None else model)
+    kwargs = {"optimizer": optimizer} if optimizer is not None else {}
+    step = profile_step(model, batch, groups=groups, cuda=device == "cuda", **kwargs)
+    first = next(iter(batch.values()))
+    dt = dtype or next((str(p.dtype).replace("torch.", "") for p in model.parameters()), "float32")
+    return _result(step, order, model=name, method=method, batch_size=int(first.shape[0]),
+                   seq_len=int(first.shape[1]) if first.dim() >= 2 else 1, dtype=dt, device=device, attn=attn,
+                   overrides=overrides or {}, method_options=method_options or {}, config=config or {},
+                   wall_s=time.perf_counter() - t0, extra=extra or {})
+
+
 @_quiet_third_party
 def profile_module(module, batch: Any, *, loss_fn: Callable | None = None, layers: dict | None = None,
                    device: str = "cpu", name: str | None = None, track_live: bool = True,

@@ -50,7 +50,7 @@ def train(
     """Fine-tune METHOD on a text-classification task (offline by default) and store accuracy and memory."""
     from .. import backbones
     from ..train import run_training
-    from ..train.loop import quiet_transformers
+    from ..train.setup import quiet_transformers
 
     if not no_db:
         from ..results.schema import check_writable

@@ -170,7 +170,7 @@ class TrainSpec:
     def store_config(self) -> dict[str, Any]:
         """What a run that produced no outcome (oom / failed / timeout) stores as its config."""
         from ..result import model_name
-        from ..train.loop import DEFAULT_MODEL_NAME
+        from ..train.setup import DEFAULT_MODEL_NAME
 
         c = self.config
         model = model_name(c.get("model"), c.get("pretrained"), DEFAULT_MODEL_NAME)
@@ -219,7 +219,7 @@ TRAIN_TABLE_FIELDS = ("method_options", "overrides")
 def _train_defaults() -> dict[str, Any]:
     from dataclasses import fields
 
-    from ..train.loop import TrainConfig
+    from ..train.setup import TrainConfig
 
     out = {}
     for f in fields(TrainConfig):
@@ -302,10 +302,10 @@ def expand_train(table: dict[str, Any], *, device: str | None = None, seed: int 
                 raise UserError(f"{where(k, tbl)}: duplicate value in {vals!r}; give each value once")
         for combo in itertools.product(*(merged[k] for k in axes)):
             cfg = {**defaults, **merged, **dict(zip(axes, combo, strict=True)), "method": method}
-            from ..train.loop import TrainConfig, _check
+            from ..train.setup import TrainConfig, check_config
 
             try:
-                _check(TrainConfig.from_dict(cfg))
+                check_config(TrainConfig.from_dict(cfg))
                 cfg["dtype"] = dtypes.short(cfg["dtype"])
             except UserError as exc:
                 at = where(name, "train.methods") if body else where("methods", "train")

@@ -211,7 +211,7 @@ def _check_train(spec: dict[str, Any]) -> None:
 
     from .. import backbones, methods
     from ..errors import UserError
-    from ..train.loop import default_pretrained
+    from ..train.setup import default_pretrained
 
     if spec.get("model"):
         backbones.make_config(backbones.get(spec["model"]), dict(spec.get("overrides") or {}),

@@ -10,7 +10,8 @@ Imports no torch at module level. See docs/train-and-report.md.
 from __future__ import annotations
 
 from .data import DEFAULT_TASK, Split, TaskData, load_task
-from .loop import DEFAULT_MODEL_NAME, TrainConfig, TrainOutcome, run_training
+from .fit import run_training
+from .setup import DEFAULT_MODEL_NAME, TrainConfig, TrainOutcome
 
 __all__ = ["run_training", "TrainConfig", "TrainOutcome", "load_task", "TaskData", "Split", "DEFAULT_TASK",
            "DEFAULT_MODEL_NAME"]

