@@ -1,5 +1,6 @@
 """Command-line values parsed without importing torch: `KEY=VALUE` (`--override`, `--option`),
-`METHOD.KEY=VALUE` (a sweep's `--option`) and comma-separated lists."""
+`METHOD.KEY=VALUE` (a sweep's `--option`) and comma-separated lists; and the one rule that makes a
+given value the type of the setting it is for (`coerce_like`)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,33 @@ def split_list(value: str | None, flag: str, cast: type = str) -> list | None:
                 raise UserError(f"{flag}: {v!r} is not an integer") from None
         return out
     return items
+
+
+def coerce_like(value, default, what: str):
+    """`value` (from a command line or a file) made the type of the setting's `default`; UserError
+    "{what}={value}: expected ..." when it cannot be. A string is read as JSON unless the setting is a
+    string; a list setting also takes "a,b" or one bare name. No default (None): the value as given."""
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            if isinstance(default, list | tuple) or default is None:
+                value = [v for v in value.split(",") if v] if "," in value or isinstance(default, list | tuple) \
+                    else value
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"{what}={value!r}: expected true or false")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{what}={value!r}: expected an integer")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{what}={value!r}: expected a number")
+        value = float(value)
+    elif isinstance(default, list | tuple) and isinstance(value, str):
+        value = [value]
+    elif isinstance(default, str) and value is not None and not isinstance(value, str):
+        value = str(value)
+    return value

@@ -10,7 +10,7 @@ import json
 from functools import cache
 from importlib import resources
 
-from ..assignments import parse_assignments
+from ..assignments import coerce_like, parse_assignments
 from ..errors import UserError
 from .bart import BartFamily
 from .base import Backbone, Family
@@ -62,22 +62,12 @@ def parse_overrides(items) -> dict[str, object]:
 
 
 def _check_type(key: str, old, new):
-    if old is None or new is None:
+    if old is None or new is None:  # a key the config leaves unset, or set to null: as given
         return new
-    if isinstance(old, bool):
-        if not isinstance(new, bool):
-            raise UserError(f"override {key}={new!r}: expected true or false")
-    elif isinstance(old, int):
-        if isinstance(new, bool) or not isinstance(new, int):
-            raise UserError(f"override {key}={new!r}: expected an integer")
-        if new <= 0 and ("layers" in key or "size" in key or "heads" in key or "dim" in key or key.startswith("n_")):
-            raise UserError(f"override {key}={new}: must be a positive integer")
-    elif isinstance(old, float):
-        if isinstance(new, bool) or not isinstance(new, int | float):
-            raise UserError(f"override {key}={new!r}: expected a number")
-        new = float(new)
-    elif isinstance(old, str) and not isinstance(new, str):
-        new = str(new)
+    new = coerce_like(new, old, f"override {key}")
+    size = "layers" in key or "size" in key or "heads" in key or "dim" in key or key.startswith("n_")
+    if isinstance(old, int) and not isinstance(old, bool) and isinstance(new, int) and new <= 0 and size:
+        raise UserError(f"override {key}={new}: must be a positive integer")
     return new
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import Family
+from .base import TINY_VOCAB, Family
 
 
 @dataclass
@@ -25,6 +25,11 @@ class BartFamily(Family):
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "fc2")
     ia3_feedforward: tuple[str, ...] = ("fc2",)
+
+    def tiny(self, layers=2, hidden=32, heads=2):
+        return dict(d_model=hidden, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
+                    decoder_attention_heads=heads, encoder_ffn_dim=2 * hidden, decoder_ffn_dim=2 * hidden,
+                    vocab_size=TINY_VOCAB)
 
     def hidden_size(self, config):
         return config.d_model

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+TINY_VOCAB = 1000  # the vocabulary of tiny models (Family.tiny)
+
 
 @dataclass
 class Family:
@@ -35,6 +37,11 @@ class Family:
     modality: str = "text"  # "text": token sequences (--seq-len); "image": patches of an image (--image-size)
 
     # ---- config -----------------------------------------------------------
+    def tiny(self, layers: int = 2, hidden: int = 32, heads: int = 2) -> dict:
+        """Config overrides for a tiny model of this family (same architecture, a few thousand
+        parameters): tests, CI benchmarks, `--tiny` smoke runs. The FFN is 2 x hidden, the vocabulary 1000."""
+        raise NotImplementedError(f"family {self.name!r} has no tiny configuration")
+
     def hidden_size(self, config) -> int:
         return config.hidden_size
 
@@ -50,6 +57,14 @@ class Family:
 
     def num_layers_key(self, config) -> tuple[str, ...]:
         return ("num_hidden_layers",)
+
+    def describe(self, config) -> dict[str, str]:
+        """Layers, hidden size and positions as `membench list` shows them (BART: encoder+decoder layers;
+        image models: the sequence an image makes, patches + 1, and its size)."""
+        layers = "+".join(str(getattr(config, k)) for k in self.num_layers_key(config))
+        seq = self.sequence_length(config)
+        positions = f"{seq} ({config.image_size}px)" if seq is not None else str(self.max_positions(config))
+        return {"layers": layers, "hidden": str(self.hidden_size(config)), "positions": positions}
 
     # ---- model ------------------------------------------------------------
     def build(self, config) -> nn.Module:

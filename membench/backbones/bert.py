@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Family
+from .base import TINY_VOCAB, Family
 
 
 @dataclass
@@ -19,6 +19,10 @@ class BertFamily(Family):
     ia3_targets: tuple[str, ...] = ("key", "value", "output.dense")
     ia3_feedforward: tuple[str, ...] = ("output.dense",)
     prefix: str = "bert"
+
+    def tiny(self, layers=2, hidden=32, heads=2):
+        return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                    intermediate_size=2 * hidden, vocab_size=TINY_VOCAB)
 
     def stacks(self, model):
         return {"layers": getattr(model, self.prefix).encoder.layer}

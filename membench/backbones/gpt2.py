@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Family
+from .base import TINY_VOCAB, Family
 
 
 @dataclass
@@ -20,6 +20,9 @@ class GPT2Family(Family):
     lora_targets: tuple[str, ...] = ("c_attn",)
     ia3_targets: tuple[str, ...] = ("c_attn", "mlp.c_proj")
     ia3_feedforward: tuple[str, ...] = ("mlp.c_proj",)
+
+    def tiny(self, layers=2, hidden=32, heads=2):
+        return dict(n_embd=hidden, n_layer=layers, n_head=heads, vocab_size=TINY_VOCAB)
 
     def hidden_size(self, config):
         return config.n_embd

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Family
+from .base import TINY_VOCAB, Family
 
 
 @dataclass
@@ -20,6 +20,10 @@ class LlamaFamily(Family):
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "down_proj")
     ia3_feedforward: tuple[str, ...] = ("down_proj",)
+
+    def tiny(self, layers=2, hidden=32, heads=2):
+        return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                    num_key_value_heads=heads, intermediate_size=2 * hidden, vocab_size=TINY_VOCAB)
 
     def stacks(self, model):
         return {"layers": model.model.layers}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import Family
+from .base import TINY_VOCAB, Family
 
 
 @dataclass
@@ -22,6 +22,10 @@ class OPTFamily(Family):
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "fc2")
     ia3_feedforward: tuple[str, ...] = ("fc2",)
+
+    def tiny(self, layers=2, hidden=32, heads=2):
+        return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=2 * hidden,
+                    word_embed_proj_dim=hidden, vocab_size=TINY_VOCAB)
 
     def max_positions(self, config):
         return config.max_position_embeddings

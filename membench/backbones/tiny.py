@@ -1,33 +1,18 @@
-"""Tiny what-if overrides per family: same architecture, a few thousand parameters.
+"""Tiny models for tests and smoke runs: each family's `Family.tiny()` overrides, and one named model per family.
 
 Used by tests, CI benchmarks and smoke runs: `membench run --model opt-125m --tiny`.
 """
 
 from __future__ import annotations
 
-_VOCAB = 1000
-
 
 def tiny_overrides(family: str, layers: int = 2, hidden: int = 32, heads: int = 2) -> dict:
-    ffn = 2 * hidden
-    if family in ("bert", "roberta"):
-        return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                    intermediate_size=ffn, vocab_size=_VOCAB)
-    if family == "bart":
-        return dict(d_model=hidden, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
-                    decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn, vocab_size=_VOCAB)
-    if family == "opt":
-        return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=ffn,
-                    word_embed_proj_dim=hidden, vocab_size=_VOCAB)
-    if family == "gpt2":
-        return dict(n_embd=hidden, n_layer=layers, n_head=heads, vocab_size=_VOCAB)
-    if family == "vit":  # 16 x 16 images in 4 x 4 patches: 16 patches + [CLS]
-        return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
-                    image_size=16, patch_size=4)
-    if family == "llama":
-        return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                    num_key_value_heads=heads, intermediate_size=ffn, vocab_size=_VOCAB)
-    raise KeyError(family)
+    """The family's own tiny config (`Family.tiny`), by family name."""
+    from . import FAMILIES
+
+    if family not in FAMILIES:
+        raise KeyError(family)
+    return FAMILIES[family].tiny(layers=layers, hidden=hidden, heads=heads)
 
 
 # one representative named model per family (tests parametrize over these)

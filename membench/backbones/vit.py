@@ -31,6 +31,10 @@ class ViTFamily(Family):
     ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "fc2", "key", "value", "output.dense")
     ia3_feedforward: tuple[str, ...] = ("fc2", "output.dense")
 
+    def tiny(self, layers=2, hidden=32, heads=2):  # 16 x 16 images in 4 x 4 patches: 16 patches + [CLS]
+        return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                    intermediate_size=2 * hidden, image_size=16, patch_size=4)
+
     def max_positions(self, config):
         return self.sequence_length(config)
 

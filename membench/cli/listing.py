@@ -30,13 +30,8 @@ def list_(verbose: bool = typer.Option(False, "--verbose", "-v",
         models.add_column(col)
     for name in backbones.names():
         bb = backbones.get(name)
-        v = bb.config_values
-        layers = v.get("num_hidden_layers") or v.get("n_layer") or f"{v.get('encoder_layers')}+{v.get('decoder_layers')}"
-        hidden = v.get("hidden_size") or v.get("n_embd") or v.get("d_model")
-        pos = v.get("max_position_embeddings") or v.get("n_positions")
-        if "image_size" in v:  # image models: the sequence is the patches + 1
-            pos = f"{(v['image_size'] // v['patch_size']) ** 2 + 1} ({v['image_size']}px)"
-        models.add_row(name, bb.family.name, bb.family.task, str(layers), str(hidden), str(pos))
+        shown = bb.family.describe(backbones.make_config(bb))
+        models.add_row(name, bb.family.name, bb.family.task, shown["layers"], shown["hidden"], shown["positions"])
     console.print(models)
 
     table = Table(title="methods" + (f" (options: the defaults as they run on {model})" if verbose else ""))

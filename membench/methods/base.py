@@ -12,10 +12,10 @@ A *modifier* (e.g. `ckpt`) is applied after any method: `lora+ckpt`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..assignments import coerce_like
 from ..errors import UserError
 
 
@@ -64,22 +64,4 @@ def unwrap_peft(model):
 def _coerce(method: str, key: str, f: dataclasses.Field, value):
     default = f.default if f.default is not dataclasses.MISSING else (
         f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-    if isinstance(value, str) and not isinstance(default, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            if isinstance(default, list | tuple) or default is None:
-                value = [v for v in value.split(",") if v] if "," in value or isinstance(default, list | tuple) else value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise UserError(f"option {method}.{key}={value!r}: expected true or false")
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"option {method}.{key}={value!r}: expected an integer")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"option {method}.{key}={value!r}: expected a number")
-        value = float(value)
-    elif isinstance(default, list | tuple) and isinstance(value, str):
-        value = [value]
-    return value
+    return coerce_like(value, default, f"option {method}.{key}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from . import register
-from ._peft import peft_task_type
+from ._peft import default_targets, peft_task_type
 from .base import Method, MethodConfig
 
 
@@ -36,12 +36,10 @@ class IA3(Method):
     Config = IA3Options
 
     def defaults(self, family):
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as ff
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as targets
-
-        t = list(family.ia3_targets) or list(targets.get(family.model_types[0], []))
-        f = list(family.ia3_feedforward) or list(ff.get(family.model_types[0], []))
-        return {"target_modules": t, "feedforward_modules": f}
+        return {"target_modules": default_targets(family, family.ia3_targets,
+                                                  "TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING"),
+                "feedforward_modules": default_targets(family, family.ia3_feedforward,
+                                                       "TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING")}
 
     def apply(self, model, family, cfg: IA3Options):
         from peft import IA3Config, get_peft_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import register
-from ._peft import peft_task_type
+from ._peft import default_targets, peft_task_type
 from .base import Method, MethodConfig
 
 
@@ -26,10 +26,8 @@ class Lora(Method):
     Config = LoraOptions
 
     def defaults(self, family):
-        """The family's targets (what its modules are called in the installed transformers), else peft's."""
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as targets
-
-        return {"target_modules": list(family.lora_targets) or list(targets.get(family.model_types[0], []))}
+        return {"target_modules": default_targets(family, family.lora_targets,
+                                                  "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING")}
 
     def apply(self, model, family, cfg: LoraOptions):
         from peft import LoraConfig, get_peft_model
