@@ -153,136 +153,142 @@ class ReversibleStack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy1, dy2):
-        call: StackCall = ctx.call
         (y1, y2), ckpts, context = Saved.unpack(ctx.saved_tensors, ctx.ckpt_idx)
-        if dy1 is None:
-            dy1 = torch.zeros_like(y1)
-        if dy2 is None:
-            dy2 = torch.zeros_like(y2)
+        run = _Backward(ctx, ckpts, context)
+        streams = [y1, y2, torch.zeros_like(y1) if dy1 is None else dy1, torch.zeros_like(y2) if dy2 is None else dy2]
+        del y1, y2, dy1, dy2  # `streams` holds the only references (layer_backward frees them as it goes)
+        for i in reversed(range(len(run.call.couplings))):  # top layer first; each one's inputs feed the next
+            streams = run.layer_backward(i, streams)
+        _x1, _x2, dx1, dx2 = streams
+        dh = (dx1 + dx2).to(ctx.h_dtype) if run.need_dh else None  # both streams start as the stack input
+        return (None, dh, *run.ctx_grads, *[g for gs in run.param_grads for g in gs])
+
+
+def _sum_grads(total: list, grads) -> list:
+    return [a if b is None else (b if a is None else a + b) for a, b in zip(total, grads, strict=True)]
+
+
+class _Backward:
+    """One backward call of a ReversibleStack: recomputes F and G layer by layer (module docstring) and
+    collects the gradients of the per-call inputs (`ctx_grads`) and of each layer's parameters."""
+
+    def __init__(self, ctx, ckpts: dict, context: list):
+        call: StackCall = ctx.call
+        self.call, self.states, self.ckpts = call, ctx.states, ckpts
+        self.device, self.autocast, self.trace = ctx.device, ctx.autocast, call.trace
+        self.need_dh = ctx.needs_input_grad[1] or self.trace is not None
         # per-call inputs that require grad: detached leaves whose grads we collect
         detached = {i: context[call.tensor_pos.index(i)].detach().requires_grad_() for i in call.grad_pos}
-        args, kwargs = call.rebuild(context, detached)
-        ctx_in = [detached[i] for i in call.grad_pos]
-        ctx_grads: list[torch.Tensor | None] = [None] * len(ctx_in)
-        param_grads: list[list[torch.Tensor | None]] = [[None] * len(ps) for ps in call.params]
-        device = ctx.device
-        trace = call.trace
-        need_dh = ctx.needs_input_grad[1] or trace is not None
+        self.args, self.kwargs = call.rebuild(context, detached)
+        self.ctx_in = [detached[i] for i in call.grad_pos]
+        self.ctx_grads: list[torch.Tensor | None] = [None] * len(self.ctx_in)
+        self.param_grads: list[list[torch.Tensor | None]] = [[None] * len(ps) for ps in call.params]
 
-        def accumulate(grads, params_i):
-            n = len(ctx_in)
-            for j, g in enumerate(grads[1:1 + n]):
-                if g is not None:
-                    ctx_grads[j] = g if ctx_grads[j] is None else ctx_grads[j] + g
-            for j, g in enumerate(grads[1 + n:]):
-                if g is not None:
-                    cur = param_grads[params_i][j]
-                    param_grads[params_i][j] = g if cur is None else cur + g
+    def layer_backward(self, i: int, streams: list) -> list:
+        """Layer i's inputs and their gradients [x1, x2, dx1, dx2] from its outputs and theirs
+        [y1, y2, dy1, dy2]. `streams` is emptied: this frame holds the only references, so each
+        tensor is freed as soon as it is no longer needed."""
+        y1, y2, dy1, dy2 = streams
+        streams.clear()
+        c, params = self.call.couplings[i], self.call.params[i]
+        if c.swap:  # the layer's outputs went out as (y2, y1)
+            y1, y2, dy1, dy2 = y2, y1, dy2, dy1
+        s_f, s_g = self.states[i]
+        g, grads = self.recompute(c, "G", y1, s_g, dy2, params)  # g = G(y1), J_G^T dy2
+        self.accumulate(grads, i)
+        if grads[0] is not None:
+            dy1 = dy1 + grads[0]  # dy1' = dy1 + J_G^T dy2
+        x2 = self.ckpts[i][1] if i in self.ckpts else _unscale(y2 - g, c.beta)  # x2 = (y2 - G(y1)) / beta
+        del g, y2  # y2 is not needed below (F's recompute is the backward's peak)
+        f, grads = self.recompute(c, "F", x2, s_f, dy1, params, need_x=i > 0 or self.need_dh)  # f = F(x2)
+        self.accumulate(grads, i)
+        x1 = self.ckpts[i][0] if i in self.ckpts else _unscale(y1 - f, c.lam)  # x1 = (y1 - F(x2)) / lam
+        del f
+        dx1 = dy1 if c.lam == 1.0 else c.lam * dy1  # dx1 = lam * dy1'
+        if grads[0] is None:
+            dx2 = dy2 if c.beta == 1.0 else c.beta * dy2  # dx2 = beta * dy2 (+ J_F^T dy1': none needed)
+        else:
+            dx2 = torch.add(grads[0], dy2, alpha=c.beta)  # dx2 = beta * dy2 + J_F^T dy1'
+        if self.trace is not None:
+            self.trace.setdefault("recon", {})[i] = (x1.detach().clone(), x2.detach().clone())
+        return [x1, x2, dx1, dx2]
 
-        @contextlib.contextmanager
-        def replaying(state):
-            """The forward's RNG state (dropout masks) around a recompute; the global RNG is left as it was."""
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
-                if call.restore_rng:
-                    _set_rng_state(state, device)
-                yield
+    def accumulate(self, grads, layer: int) -> None:
+        """Add (dx, *context grads, *param grads) of one recompute to the totals (dx is the caller's)."""
+        n = len(self.ctx_in)
+        self.ctx_grads = _sum_grads(self.ctx_grads, grads[1:1 + n])
+        self.param_grads[layer] = _sum_grads(self.param_grads[layer], grads[1 + n:])
 
-        def forward_mode():
-            """Grad on, and the forward's autocast (backward itself runs outside autocast, as with AMP)."""
-            stack = contextlib.ExitStack()
-            stack.enter_context(torch.enable_grad())
-            stack.enter_context(autocast_context(device.type, ctx.autocast))
-            return stack
+    @contextlib.contextmanager
+    def replaying(self, state):
+        """The forward's RNG state (dropout masks) around a recompute; the global RNG is left as it was."""
+        device = self.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+            if self.call.restore_rng:
+                _set_rng_state(state, device)
+            yield
 
-        def grads_of(out, wrt, dy):
-            if not out.requires_grad:
-                return (None,) * len(wrt)
-            return torch.autograd.grad(out, wrt, dy.to(out.dtype), allow_unused=True)
+    def forward_mode(self):
+        """Grad on, and the forward's autocast (backward itself runs outside autocast, as with AMP)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(autocast_context(self.device.type, self.autocast))
+        return stack
 
-        def recompute(c, which, x, state, dy, params, need_x=True):
-            """F or G of coupling c again, with grad: (its output, (dx, *context grads, *param grads)).
+    @staticmethod
+    def grads_of(out, wrt, dy):
+        if not out.requires_grad:
+            return (None,) * len(wrt)
+        return torch.autograd.grad(out, wrt, dy.to(out.dtype), allow_unused=True)
 
-            need_x=False: nobody needs the gradient w.r.t. x (the bottom F when the stack input does not
-            require grad); x is then not a graph input, so autograd neither records nor back-propagates
-            the part of fn that only leads to x (e.g. MEFT1's attention below the FFN adapter)."""
-            if c.chunked(which):
-                return recompute_in_chunks(c, which, x, state, dy, params, need_x)
-            xd = x.detach().requires_grad_() if need_x else x.detach()
-            with replaying(state), forward_mode():
-                out = getattr(c, which)(xd, args, kwargs, call.compute_dtype)
-            grads = grads_of(out, [xd, *ctx_in, *params] if need_x else [*ctx_in, *params], dy)
-            return out.detach(), grads if need_x else (None, *grads)
+    def _call(self, fn, x):
+        return fn(x, self.args, self.kwargs, self.call.compute_dtype)
 
-        def recompute_in_chunks(c, which, x, state, dy, params, need_x):
-            """The same with F/G = tail(head(x)), the token-wise tail over chunks of the sequence:
+    def recompute(self, c, which, x, state, dy, params, need_x=True):
+        """F or G of coupling c again, with grad: (its output, (dx, *context grads, *param grads)).
 
-                z = head(x)  (graph kept);   per chunk j:  out_j = tail(z_j),  dz_j = J_tail^T dy_j
-                then back through the head with dz = cat(dz_j).
-            Dropout draws in forward's order (head, then chunk by chunk), so the masks replay."""
-            head, tail = c.head(which), c.tail(which)
-            xd = x.detach().requires_grad_() if need_x else x.detach()
-            n = len(ctx_in) + len(params)
-            total: list = [None] * n
-            outs, dzs = [], []
-            with replaying(state):
-                with forward_mode():
-                    z = head(xd, args, kwargs, call.compute_dtype) if head is not None else xd
-                need_z = need_x or (head is not None and z.requires_grad)
-                for zc, dyc in zip(c.split(z.detach()), c.split(dy), strict=True):
-                    zc = zc.detach().requires_grad_() if need_z else zc
-                    with forward_mode():
-                        out = tail(zc, args, kwargs, call.compute_dtype)
-                    grads = grads_of(out, [zc, *ctx_in, *params] if need_z else [*ctx_in, *params], dyc)
-                    if need_z:
-                        dzs.append(grads[0] if grads[0] is not None else torch.zeros_like(zc))
-                        grads = grads[1:]
-                    total = [a if b is None else (b if a is None else a + b) for a, b in zip(total, grads, strict=True)]
-                    outs.append(out.detach())
-                    del out, grads
-            dz = torch.cat(dzs, dim=-2) if need_z else None
-            dx = None
-            if head is not None and dz is not None:
-                grads = grads_of(z, [xd, *ctx_in, *params] if need_x else [*ctx_in, *params], dz)
-                dx, grads = (grads[0], grads[1:]) if need_x else (None, grads)
-                total = [a if b is None else (b if a is None else a + b) for a, b in zip(total, grads, strict=True)]
-            elif need_x:
-                dx = dz
-            return torch.cat(outs, dim=-2), (dx, *total)
+        need_x=False: nobody needs the gradient w.r.t. x (the bottom F when the stack input does not
+        require grad); x is then not a graph input, so autograd neither records nor back-propagates
+        the part of fn that only leads to x (e.g. MEFT1's attention below the FFN adapter)."""
+        if c.chunked(which):
+            return self.recompute_in_chunks(c, which, x, state, dy, params, need_x)
+        xd = x.detach().requires_grad_() if need_x else x.detach()
+        with self.replaying(state), self.forward_mode():
+            out = self._call(getattr(c, which), xd)
+        grads = self.grads_of(out, [xd, *self.ctx_in, *params] if need_x else [*self.ctx_in, *params], dy)
+        return out.detach(), grads if need_x else (None, *grads)
 
-        def layer_backward(i, streams: list):
-            """Layer i's inputs and their gradients [x1, x2, dx1, dx2] from its outputs and theirs
-            [y1, y2, dy1, dy2] (module docstring). `streams` is emptied: this frame holds the only
-            references, so each tensor is freed as soon as it is no longer needed."""
-            y1, y2, dy1, dy2 = streams
-            streams.clear()
-            c = call.couplings[i]
-            if c.swap:  # the layer's outputs went out as (y2, y1)
-                y1, y2, dy1, dy2 = y2, y1, dy2, dy1
-            s_f, s_g = ctx.states[i]
-            g, grads = recompute(c, "G", y1, s_g, dy2, call.params[i])  # g = G(y1), J_G^T dy2
-            accumulate(grads, i)
-            if grads[0] is not None:
-                dy1 = dy1 + grads[0]  # dy1' = dy1 + J_G^T dy2
-            x2 = ckpts[i][1] if i in ckpts else _unscale(y2 - g, c.beta)  # x2 = (y2 - G(y1)) / beta
-            del g, y2  # y2 is not needed below (F's recompute is the backward's peak)
-            f, grads = recompute(c, "F", x2, s_f, dy1, call.params[i], need_x=i > 0 or need_dh)  # f = F(x2)
-            accumulate(grads, i)
-            x1 = ckpts[i][0] if i in ckpts else _unscale(y1 - f, c.lam)  # x1 = (y1 - F(x2)) / lam
-            del f
-            dx1 = dy1 if c.lam == 1.0 else c.lam * dy1  # dx1 = lam * dy1'
-            if grads[0] is None:
-                dx2 = dy2 if c.beta == 1.0 else c.beta * dy2  # dx2 = beta * dy2 (+ J_F^T dy1': none needed)
-            else:
-                dx2 = torch.add(grads[0], dy2, alpha=c.beta)  # dx2 = beta * dy2 + J_F^T dy1'
-            if trace is not None:
-                trace.setdefault("recon", {})[i] = (x1.detach().clone(), x2.detach().clone())
-            return [x1, x2, dx1, dx2]
+    def recompute_in_chunks(self, c, which, x, state, dy, params, need_x):
+        """The same with F/G = tail(head(x)), the token-wise tail over chunks of the sequence:
 
-        streams = [y1, y2, dy1, dy2]
-        del y1, y2, dy1, dy2
-        for i in reversed(range(len(call.couplings))):  # top layer first; each one's inputs feed the next
-            streams = layer_backward(i, streams)
-        _x1, _x2, dx1, dx2 = streams
-        dh = (dx1 + dx2).to(ctx.h_dtype) if need_dh else None  # both streams start as the stack input
-        flat = [g for gs in param_grads for g in gs]
-        return (None, dh, *ctx_grads, *flat)
+            z = head(x)  (graph kept);   per chunk j:  out_j = tail(z_j),  dz_j = J_tail^T dy_j
+            then back through the head with dz = cat(dz_j).
+        Dropout draws in forward's order (head, then chunk by chunk), so the masks replay."""
+        head, tail = c.head(which), c.tail(which)
+        xd = x.detach().requires_grad_() if need_x else x.detach()
+        total: list = [None] * (len(self.ctx_in) + len(params))
+        outs, dzs = [], []
+        with self.replaying(state):
+            with self.forward_mode():
+                z = self._call(head, xd) if head is not None else xd
+            need_z = need_x or (head is not None and z.requires_grad)
+            for zc, dyc in zip(c.split(z.detach()), c.split(dy), strict=True):
+                zc = zc.detach().requires_grad_() if need_z else zc
+                with self.forward_mode():
+                    out = self._call(tail, zc)
+                grads = self.grads_of(out, [zc, *self.ctx_in, *params] if need_z else [*self.ctx_in, *params], dyc)
+                if need_z:
+                    dzs.append(grads[0] if grads[0] is not None else torch.zeros_like(zc))
+                    grads = grads[1:]
+                total = _sum_grads(total, grads)
+                outs.append(out.detach())
+                del out, grads
+        dz = torch.cat(dzs, dim=-2) if need_z else None
+        dx = None
+        if head is not None and dz is not None:
+            grads = self.grads_of(z, [xd, *self.ctx_in, *params] if need_x else [*self.ctx_in, *params], dz)
+            dx, grads = (grads[0], grads[1:]) if need_x else (None, grads)
+            total = _sum_grads(total, grads)
+        elif need_x:
+            dx = dz
+        return torch.cat(outs, dim=-2), (dx, *total)
