@@ -58,21 +58,10 @@ class RichProgress:
             self._p = None
 
 
-def _peak(row) -> int | None:
-    """The run's memory peak: CUDA reserved when measured on a GPU, else predicted for one, else the
-    estimated peak of the step."""
-    import pandas as pd
-
-    for col in ("cuda_max_reserved_bytes", "predicted_max_reserved_bytes", "estimated_peak_bytes"):
-        v = row[col]
-        if not pd.isna(v):
-            return int(v)
-    return None
-
-
 def summary_table(db: str, keys: list[str], budget: int | None = None) -> Table | None:
     """One row per (model, method, seq, dtype): status per batch size, largest batch that ran, its peak."""
     from ..results import load
+    from ..results.query import run_peak_bytes
 
     df = load(db)
     df = df[df["key"].isin(keys) & (df["kind"] == "memory")]
@@ -96,11 +85,11 @@ def summary_table(db: str, keys: list[str], budget: int | None = None) -> Table 
         row = [model, method, str(seq), dtype, cells]
         if len(ok):
             best = ok.iloc[-1]
-            row += [str(best["batch_size"]), format_bytes(_peak(best)), format_bytes(best["activation_bytes"])]
+            row += [str(best["batch_size"]), format_bytes(run_peak_bytes(best)), format_bytes(best["activation_bytes"])]
         else:
             row += ["-", "-", "-"]
         if budget:
-            fits = [int(r["batch_size"]) for _, r in ok.iterrows() if (_peak(r) or 0) <= budget]
+            fits = [int(r["batch_size"]) for _, r in ok.iterrows() if (run_peak_bytes(r) or 0) <= budget]
             row.append(f"[green]{max(fits)}[/]" if fits else "[red]none[/]")
         table.add_row(*row)
     return table

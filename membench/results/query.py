@@ -165,3 +165,15 @@ def load_result(db_path: str | os.PathLike, run_id: int):
     if row is None:
         raise UserError(f"no run with id {run_id} in {db_path}")
     return RunResult.from_dict(json.loads(row[0])) if row[0] else None
+
+
+def run_peak_bytes(row) -> int | None:
+    """The run's memory peak: CUDA reserved when measured on a GPU, else predicted for one, else the
+    estimated peak of the step."""
+    import pandas as pd
+
+    for col in ("cuda_max_reserved_bytes", "predicted_max_reserved_bytes", "estimated_peak_bytes"):
+        v = row[col]
+        if not pd.isna(v):
+            return int(v)
+    return None
