@@ -7,23 +7,10 @@ import pytest
 from membench.errors import UserError
 from membench.sweep import experiment as xp
 
-FILE = """\
-name = "fits"
-models = ["opt-125m"]
-methods = ["full", "lora"]
-seq_lens = [16]
-batch_sizes = [1, 2]
-device = "fake"
-tiny = true
-early_stop = "seq"
-budget = "24GiB"
+from .test_sweep_grid import GOOD
 
-[overrides]
-num_hidden_layers = 1
-
-[options.lora]
-r = 4
-"""
+# the committed experiment of the sweep tests, with an early-stop spelling and a budget
+FILE = GOOD.replace('early_stop = "batch_size"', 'early_stop = "seq"\nbudget = "24GiB"')
 
 
 def test_flags_win_over_the_file_and_defaults_fill_the_rest(tmp_path):
@@ -31,12 +18,12 @@ def test_flags_win_over_the_file_and_defaults_fill_the_rest(tmp_path):
     f.write_text(FILE)
     exp = xp.resolve(f, batch_sizes=[4], overrides={"hidden_size": 64}, method_options={"lora": {"alpha": 8}},
                      db=str(tmp_path / "r.db"))
-    assert sorted({s.batch_size for s in exp.specs}) == [4] and len(exp.specs) == 2
+    assert sorted({s.batch_size for s in exp.specs}) == [4] and len(exp.specs) == 4  # 2 methods x 2 lengths
     assert exp.specs[0].overrides == {"num_hidden_layers": 1, "hidden_size": 64}
     lora = next(s for s in exp.specs if s.method == "lora")
     assert lora.method_options == {"r": 4, "alpha": 8}
     assert (exp.name, exp.early_stop, exp.budget, exp.timeout, exp.executor) == ("fits", "seq_len", 24 * 2**30,
-                                                                                1800.0, "local")
+                                                                                60.0, "local")
     assert exp.db == str(tmp_path / "r.db") and not (tmp_path / "r.db").exists()  # resolving writes nothing
 
 
