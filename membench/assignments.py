@@ -5,8 +5,11 @@ given value the type of the setting it is for (`coerce_like`)."""
 from __future__ import annotations
 
 import json
+import re
 
 from .errors import UserError
+
+_FILTER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*$")
 
 
 def parse_assignments(items, flag: str = "override", example: str = "num_hidden_layers=24",
@@ -96,3 +99,17 @@ def coerce_like(value, default, what: str):
     elif isinstance(default, str) and value is not None and not isinstance(value, str):
         value = str(value)
     return value
+
+
+def parse_filters(items: list[str] | None) -> list[tuple[str, str, object]]:
+    """`--filter method=lora`, `batch_size>=4`, `model!=a,b` -> [(column, op, value)] for results.load."""
+    out = []
+    for item in items or []:
+        m = _FILTER.match(item)
+        if not m or not m.group(3):
+            raise UserError(f"bad --filter {item!r}: expected COLUMN=VALUE, COLUMN!=VALUE or COLUMN>=NUMBER, "
+                            "e.g. method=lora or batch_size>=4")
+        col, op, value = m.groups()
+        op = "==" if op == "=" else op
+        out.append((col, op, value.split(",") if "," in value and op in ("==", "!=") else value))
+    return out

@@ -35,3 +35,13 @@ def test_method_options_and_lists():
         split_list("1,x", "--batch-sizes", int)
     with pytest.raises(UserError, match="empty value"):
         split_list("a,,b", "--methods")
+
+
+def test_results_filters():
+    from membench.assignments import parse_filters
+
+    assert parse_filters(["method=lora", "batch_size>=4", "model!=a,b"]) == [
+        ("method", "==", "lora"), ("batch_size", ">=", "4"), ("model", "!=", ["a", "b"])]
+    for bad in ("method", "=lora", "batch_size>="):
+        with pytest.raises(UserError, match="bad --filter"):
+            parse_filters([bad])

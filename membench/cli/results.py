@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import typer
 
+from ..assignments import parse_filters
 from ..errors import UserError
 from ..paths import output_file
 from ..units import format_bytes
@@ -18,24 +18,10 @@ results_app = typer.Typer(add_completion=False, invoke_without_command=True, no_
                           help="List the runs stored by `membench sweep` and `membench run --db`.")
 app.add_typer(results_app, name="results")
 
-_FILTER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*$")
 FORMATS = ("csv", "parquet", "json")
 
 DB_HELP = "results database (default ./membench.db)"
 FILTER_HELP = "COLUMN=VALUE, COLUMN!=VALUE or COLUMN>=N (repeatable; VALUE may be a,b,c)"
-
-
-def parse_filters(items: list[str] | None) -> list[tuple[str, str, object]]:
-    out = []
-    for item in items or []:
-        m = _FILTER.match(item)
-        if not m or not m.group(3):
-            raise UserError(f"bad --filter {item!r}: expected COLUMN=VALUE, COLUMN!=VALUE or COLUMN>=NUMBER, "
-                            "e.g. method=lora or batch_size>=4")
-        col, op, value = m.groups()
-        op = "==" if op == "=" else op
-        out.append((col, op, value.split(",") if "," in value and op in ("==", "!=") else value))
-    return out
 
 
 def _load(db: Path | None, filters: list[str] | None, layers: bool = False):
