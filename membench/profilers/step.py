@@ -181,20 +181,34 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
         grad_bytes = _unique_bytes(grads)
         del grads  # later steps free them (zero_grad): hold no reference
         for n in range(2, steps + 1):  # later steps: the optimizer state exists from the start (steady state)
-            with contextlib.ExitStack() as later:
-                for m in modes:
-                    later.enter_context(m)
-                with phase(f"forward.{n}"):
-                    opt.zero_grad(set_to_none=True)  # what a training loop does before each step
-                    loss = loss_fn(_call(model, batch))
-                with phase(f"backward.{n}"):
-                    loss.backward()
-                with phase(f"optimizer.{n}"):
-                    opt.step()
-                    del loss
+            _later_step(n, model, batch, loss_fn, opt, modes, phase)
         # what happens after this (the caller dropping the optimizer, zero_grad below) is not the step
         live_end = tracker.event_count if tracker is not None else 0
 
+    result = _summarize(ledger, tracker, model, params, trainable, inputs, state, grad_ids, grad_bytes, kind,
+                        loss_value, cuda_stats, nvml, ran, live_end, opt)
+    opt.zero_grad(set_to_none=True)
+    return result
+
+
+def _later_step(n: int, model, batch, loss_fn, opt, modes, phase) -> None:
+    """Training step n > 1, seen by the live tracker, the CUDA statistics and the modes only."""
+    with contextlib.ExitStack() as later:
+        for m in modes:
+            later.enter_context(m)
+        with phase(f"forward.{n}"):
+            opt.zero_grad(set_to_none=True)  # what a training loop does before each step
+            loss = loss_fn(_call(model, batch))
+        with phase(f"backward.{n}"):
+            loss.backward()
+        with phase(f"optimizer.{n}"):
+            opt.step()
+            del loss
+
+
+def _summarize(ledger, tracker, model, params, trainable, inputs, state, grad_ids, grad_bytes, kind, loss_value,
+               cuda_stats, nvml, ran, live_end, opt) -> StepProfile:
+    """What the profilers measured over the step, as one StepProfile (the first step's figures)."""
     report = ledger.report()
     opt_bytes = _unique_bytes(state)
     param_bytes = _unique_bytes(params)
@@ -212,7 +226,7 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
     else:
         peak_bytes, peak_phase, by_phase = report.total(FORWARD), "forward", {}
         step_peak = peak_bytes + grad_bytes
-    result = StepProfile(
+    return StepProfile(
         ledger=report,
         activation_bytes=report.total(FORWARD),
         recompute_bytes=report.total(RECOMPUTE),
@@ -238,8 +252,6 @@ def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor,
         optimizer_name=type(opt).__name__,
         loss_kind=kind,
     )
-    opt.zero_grad(set_to_none=True)
-    return result
 
 
 def _call(model, batch):
