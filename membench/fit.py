@@ -60,9 +60,10 @@ def search_batch(cost: Callable[[int], int], limit: int, max_batch_size: int) ->
     Memory is nearly affine in b, so probes aim where the line through the known costs
     meets the limit: out from b = 1 and 8 until a batch size fails, then within the bracket
     [largest fit, smallest failure] the secant's estimate and its neighbour on the other
-    side of the limit (with an exact line these two end the search). Where segment
-    rounding makes the cost a staircase and they do not, bisection finishes: at most
-    log2 of the bracket more."""
+    side of the limit (with an exact line these two end the search). Where the line bends
+    (the optimizer's peak dominates small batches, activations large ones), the secant of
+    the narrowed bracket is aimed again while each probe at least halves it; where segment
+    rounding makes the cost a staircase, bisection finishes: at most log2 of the bracket more."""
     seen: dict[int, int] = {}
     lo, hi = 0, None
 
@@ -99,6 +100,13 @@ def search_batch(cost: Callable[[int], int], limit: int, max_batch_size: int) ->
     est = min(max(est, lo + 1), hi - 1)
     if probe(est) or probe(est + 1 if lo == est else est - 1):
         return lo, hi
+    while True:  # aim again through the bracket's ends while that at least halves it (a bent line)
+        width, rise = hi - lo, seen[hi] - seen[lo]
+        est = lo + int((limit - seen[lo]) * width / rise) if rise > 0 else (lo + hi) // 2
+        if probe(min(max(est, lo + 1), hi - 1)):
+            return lo, hi
+        if hi - lo > width // 2:
+            break
     while not probe((lo + hi) // 2):  # the line misled (rounding steps): plain bisection from here
         pass
     return lo, hi
@@ -150,19 +158,26 @@ def fit(model: str, methods: list[str], *, gpu: str, seq_lens: list[int], dtype:
     return _in_workers(keys, task, jobs, say)
 
 
-def _search_row(method: str, seq: int, task: dict, say: Callable[[str], None]) -> FitRow:
-    """The search for one (method, sequence length): fake-tensor profiles, CUDA target."""
+def _reserved(method: str, seq: int, b: int, task: dict) -> int:
+    """One probe: the predicted steady-state max_memory_reserved of a fake-tensor profile, CUDA target."""
     from .runner import profile
 
+    r = profile(task["model"], method, batch_size=b, seq_len=seq, dtype=task["dtype"], attn=task["attn"],
+                device="fake", target="cuda", gpu=task["gpu"], optimizer=task["optimizer"],
+                alloc_conf=task["alloc_conf"], overrides=task["overrides"])
+    return r.predicted_cuda["max_reserved_bytes"]
+
+
+def _search_row(method: str, seq: int, task: dict, say: Callable[[str], None],
+                reserved: Callable[[int], int] | None = None) -> FitRow:
+    """The search for one (method, sequence length). `reserved(b)`: the probe (default: here)."""
     probes: dict[int, int] = {}
     limit, context = task["limit"], task["context"]
+    reserved = reserved or (lambda b: _reserved(method, seq, b, task))
 
     def cost(b: int) -> int:
         say(f"{method} s{seq}: batch {b}")
-        r = profile(task["model"], method, batch_size=b, seq_len=seq, dtype=task["dtype"], attn=task["attn"],
-                    device="fake", target="cuda", gpu=task["gpu"], optimizer=task["optimizer"],
-                    alloc_conf=task["alloc_conf"], overrides=task["overrides"])
-        probes[b] = r.predicted_cuda["max_reserved_bytes"]
+        probes[b] = reserved(b)
         return probes[b] + context
 
     best, fail = search_batch(cost, limit, task["max_batch_size"])
@@ -173,49 +188,42 @@ def _search_row(method: str, seq: int, task: dict, say: Callable[[str], None]) -
                   over_by_bytes=probes[fail] + context - limit if fail else None, probes=probes)
 
 
-_messages = None  # a worker's queue back to the parent (progress lines)
-
-
-def _worker_init(queue) -> None:
-    global _messages
-    _messages = queue
-
-
-def _worker_row(method: str, seq: int, task: dict) -> FitRow:
-    return _search_row(method, seq, task, _messages.put if _messages is not None else (lambda _m: None))
-
-
 def _in_workers(keys: list[tuple[str, int]], task: dict, jobs: int, say: Callable[[str], None]) -> list[FitRow]:
-    """Search the rows in `jobs` processes forked from a server that imported torch once (no CUDA)."""
+    """Every row's search at once, each in a thread here; their probes run in `jobs` processes forked from
+    a server that imported torch once (no CUDA). Probes, not rows, share the processes, so no core
+    idles while another row still has work."""
     import multiprocessing
-    import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    import threading
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
                                       else "spawn")
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["membench.sweep.preload"])
-    messages = ctx.Queue()
+    lock = threading.Lock()
     latest: dict[str, str] = {}
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(messages,)) as pool:
-        futures = {pool.submit(_worker_row, method, seq, task): (method, seq) for method, seq in keys}
+
+    def tell(msg: str) -> None:
+        with lock:
+            latest[msg.split(":")[0]] = msg
+
+    with ProcessPoolExecutor(jobs, mp_context=ctx) as pool, ThreadPoolExecutor(len(keys)) as rows:
+        def search(method: str, seq: int) -> FitRow:
+            row = _search_row(method, seq, task, tell,
+                              reserved=lambda b: pool.submit(_reserved, method, seq, b, task).result())
+            with lock:
+                latest.pop(f"{method} s{seq}", None)
+            return row
+
+        futures = {rows.submit(search, method, seq): (method, seq) for method, seq in keys}
         pending = set(futures)
         try:
             while pending:
                 _done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                while True:
-                    try:
-                        msg = messages.get_nowait()
-                    except queue_mod.Empty:
-                        break
-                    latest[msg.split(":")[0]] = msg
-                for f in _done:
-                    method, seq = futures[f]
-                    latest.pop(f"{method} s{seq}", None)
-                finished = len(futures) - len(pending)
-                say(f"{finished}/{len(futures)} rows done; " + "; ".join(latest.values()))
+                with lock:
+                    shown = "; ".join(latest.values())
+                say(f"{len(futures) - len(pending)}/{len(futures)} rows done; " + shown)
         except BaseException:
-            for f in pending:
-                f.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
         return [f.result() for f in futures]
