@@ -118,8 +118,8 @@ def fit(model: str, methods: list[str], *, gpu: str, seq_lens: list[int], dtype:
         progress: Callable[[str], None] | None = None) -> list[FitRow]:
     """One FitRow per (method, sequence length): the largest batch size predicted to fit on `gpu`.
 
-    `jobs`: rows searched at once, each in a worker process (default: one per CPU core, at
-    most one per row; 1 searches here, in this process)."""
+    `jobs`: profiles run at once, each in a worker process, while every row's search goes on
+    (default: one per CPU core, at most one per row; 1 searches row by row here, in this process)."""
     from . import backbones, dtypes, optimizers
     from . import methods as registry
     from .gpu.allocator import AllocatorConfig

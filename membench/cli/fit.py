@@ -30,8 +30,8 @@ def fit(
     alloc_conf: str = typer.Option(None, "--alloc-conf", help="allocator options (PYTORCH_CUDA_ALLOC_CONF)"),
     override: list[str] = typer.Option(None, "--override", help="config KEY=VALUE (repeatable)"),
     max_batch_size: int = typer.Option(4096, "--max-batch-size", help="stop the search here"),
-    jobs: int = typer.Option(None, "--jobs", "-j", help="rows searched at once, one process each "
-                                                        "(default: one per CPU core)"),
+    jobs: int = typer.Option(None, "--jobs", "-j", help="profiles run at once, one process each; "
+                                                        "every row is searched at once (default: one per CPU core)"),
     out: Path = typer.Option(None, "--out", help="write the rows as JSON"),
 ) -> None:
     """Find, per method, the largest batch size whose predicted peak (reserved + CUDA context) fits the GPU."""
