@@ -372,10 +372,9 @@ def profile_built(model, batch: dict, *, family, base=None, optimizer=None, devi
     groups, order = layer_groups(model, family, base if base is not None else model)
     kwargs = {"optimizer": optimizer} if optimizer is not None else {}
     step = profile_step(model, batch, groups=groups, cuda=device == "cuda", **kwargs)
-    first = next(iter(batch.values()))
+    b, s = _batch_shape(batch)
     dt = dtype or next((str(p.dtype).replace("torch.", "") for p in model.parameters()), "float32")
-    return _result(step, order, model=name, method=method, batch_size=int(first.shape[0]),
-                   seq_len=int(first.shape[1]) if first.dim() >= 2 else 1, dtype=dt, device=device, attn=attn,
+    return _result(step, order, model=name, method=method, batch_size=b, seq_len=s, dtype=dt, device=device, attn=attn,
                    overrides=overrides or {}, method_options=method_options or {}, config=config or {},
                    wall_s=time.perf_counter() - t0, extra=extra or {})
 

@@ -10,8 +10,6 @@ def tiny_overrides(family: str, layers: int = 2, hidden: int = 32, heads: int = 
     """The family's own tiny config (`Family.tiny`), by family name."""
     from . import FAMILIES
 
-    if family not in FAMILIES:
-        raise KeyError(family)
     return FAMILIES[family].tiny(layers=layers, hidden=hidden, heads=heads)
 
 

@@ -91,7 +91,8 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         record = {"status": status, "result": None, "error": error}
         exc = None  # drop the traceback's frames (and the memory they hold)
     record["wall_s"] = round(time.perf_counter() - t0, 3)
-    record["provenance"] = provenance(spec.get("device"))
+    # a profiled run's result carries the provenance record already; a failed one gets it here
+    record["provenance"] = {} if (record.get("result") or {}).get("provenance") else provenance(spec.get("device"))
     return record
 
 

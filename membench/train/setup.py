@@ -114,7 +114,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--device {cfg.device!r}: training runs on real tensors; allowed: cpu, cuda")
 
 
-def loadload_tokenizer(cfg: TrainConfig, pretrained: str | None, hf_config):
+def load_tokenizer(cfg: TrainConfig, pretrained: str | None, hf_config):
     from transformers import AutoTokenizer
 
     source = cfg.tokenizer or pretrained or default_pretrained()
@@ -236,7 +236,7 @@ def prepare(cfg: TrainConfig, say: Callable[[str], None]) -> Prepared:
         raise UserError(f"membench train fine-tunes sequence classifiers; {family.name} models are built as "
                         f"{family.task} here (use a bert or roberta checkpoint)")
     head_added = ensure_head_trainable(model, family)
-    tokenizer = loadload_tokenizer(cfg, pretrained, hf_config)
+    tokenizer = load_tokenizer(cfg, pretrained, hf_config)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     max_length = min(cfg.max_length, family.max_positions(hf_config))
     say("tokenizing")
