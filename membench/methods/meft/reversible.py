@@ -17,6 +17,13 @@ Backward, from the top layer down (meft-notes section 3), given dy1, dy2:
     f  = F(x2) recomputed with grad;   J_F^T dy1' and F's parameter grads
     x1 = (y1 - f) / lam;                dx1 = lam*dy1';   dx2 = beta*dy2 + J_F^T dy1'
 Both streams start as the stack input h, so dh = dx1 + dx2 at the bottom.
+
+In place, so that a layer's backward holds four stream tensors and one recompute: x2 is written
+over y2 and x1 over y1 as soon as G(y1) and F(x2) are recomputed (the recomputed output is then
+freed before its backward: autograd.grad starts from its GradientEdge), dy1' over dy1 and dx2
+over dy2. The top y1, y2 are this Function's forward outputs (kept by save_for_backward): their
+storage carries the streams all the way down, so after backward they hold the stack input, and
+a second backward (retain_graph) is refused. Gradients autograd hands in are never written.
 With `ffn_chunks` = k the token-wise tail of F or G (the FFN block, the adapters) is
 recomputed and back-propagated over k chunks of the sequence (`recompute_in_chunks`).
 
@@ -38,6 +45,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+from .coupling import SEQ_DIM
 
 
 def _rng_state(device: torch.device):
@@ -153,19 +162,97 @@ class ReversibleStack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy1, dy2):
+        if getattr(ctx, "ran_backward", False):
+            raise RuntimeError("backward ran twice through a reversible MEFT stack (retain_graph=True): its backward "
+                               "reconstructs the streams in place, over the forward's outputs; run forward again")
+        ctx.ran_backward = True
         (y1, y2), ckpts, context = Saved.unpack(ctx.saved_tensors, ctx.ckpt_idx)
         run = _Backward(ctx, ckpts, context)
-        streams = [y1, y2, torch.zeros_like(y1) if dy1 is None else dy1, torch.zeros_like(y2) if dy2 is None else dy2]
+        # the top outputs are this Function's own (fresh in forward): their storage carries the streams down
+        # the stack. The incoming gradients belong to autograd (dy1 may even be dy2): copied before any write.
+        streams = [y1.detach(), y2.detach(), _Grad(dy1, y1), _Grad(dy2, y2)]
         del y1, y2, dy1, dy2  # `streams` holds the only references (layer_backward frees them as it goes)
         for i in reversed(range(len(run.call.couplings))):  # top layer first; each one's inputs feed the next
             streams = run.layer_backward(i, streams)
         _x1, _x2, dx1, dx2 = streams
-        dh = (dx1 + dx2).to(ctx.h_dtype) if run.need_dh else None  # both streams start as the stack input
+        dh = (dx1.value() + dx2.value()).to(ctx.h_dtype) if run.need_dh else None  # both streams start as h
         return (None, dh, *run.ctx_grads, *[g for gs in run.param_grads for g in gs])
 
 
 def _sum_grads(total: list, grads) -> list:
     return [a if b is None else (b if a is None else a + b) for a, b in zip(total, grads, strict=True)]
+
+
+def _seq_view(t: torch.Tensor, start: int | None, like: torch.Tensor) -> torch.Tensor:
+    """t itself, or the part of its sequence that the chunk `like` starting at `start` covers."""
+    return t if start is None else t.narrow(SEQ_DIM, start, like.shape[SEQ_DIM])
+
+
+class _Grad:
+    """The gradient of one stream while a backward carries it down the stack, updated in place.
+
+    A gradient autograd handed in (or that is still shared) is copied on the first write: only
+    tensors this backward created are overwritten. `scale(s)` is applied lazily, at that write."""
+
+    def __init__(self, t: torch.Tensor | None, like: torch.Tensor):
+        self.t, self.mine, self.pending = (torch.zeros_like(like), True, 1.0) if t is None else (t, False, 1.0)
+
+    def scale(self, s: float) -> _Grad:
+        """t *= s  (dx1 = lam * dy1', dx2 = beta * dy2 + ...)"""
+        if s != 1.0:
+            if self.mine:
+                self.t.mul_(s)
+            else:
+                self.pending *= s
+        return self
+
+    def _own(self) -> None:
+        if not self.mine:
+            self.t = self.t * self.pending if self.pending != 1.0 else self.t.clone()
+            self.mine, self.pending = True, 1.0
+
+    def add(self, g: torch.Tensor | None, start: int | None = None) -> None:
+        """t += g, or t[chunk] += g for the sequence chunk g that starts at `start`."""
+        if g is None:
+            return
+        if start is None and not self.mine and self.pending == 1.0:
+            self.t, self.mine = self.t + g, True  # one new tensor rather than a copy and an add
+            return
+        self._own()
+        _seq_view(self.t, start, g).add_(g)
+
+    def value(self) -> torch.Tensor:
+        if self.pending != 1.0:
+            self._own()
+        return self.t
+
+
+class _Inverse:
+    """x = (y - out) / scale, written over y as soon as the recompute has produced out (before its backward,
+    so that out is not kept through it). y is a stream this backward owns (see ReversibleStack.backward)."""
+
+    def __init__(self, y: torch.Tensor, scale: float):
+        self.y, self.scale = y, scale
+
+    def __call__(self, out: torch.Tensor, start: int | None = None) -> None:
+        _unscale(_seq_view(self.y, start, out).sub_(out), self.scale)
+
+
+# torch >= 2.5 takes a GradientEdge as the output of autograd.grad: a recompute's output is then freed
+# before its backward runs (older torch keeps it through the backward: one more tensor at the peak)
+_EDGE_ROOTS = hasattr(torch.autograd.graph, "get_gradient_edge") and torch.__version__ >= "2.5"
+
+
+def _grad(root: list, wrt: list, dy: torch.Tensor, start: int | None = None):
+    """torch.autograd.grad of root[0] (taken out of the list: this frame holds the last reference) with
+    gradient dy (or its chunk at `start`)."""
+    out = root.pop()
+    if not out.requires_grad:
+        return (None,) * len(wrt)
+    dy = (dy if start is None else _seq_view(dy, start, out).contiguous()).to(out.dtype)
+    if _EDGE_ROOTS:
+        out = torch.autograd.graph.get_gradient_edge(out)
+    return torch.autograd.grad(out, wrt, dy, allow_unused=True)
 
 
 class _Backward:
@@ -186,38 +273,36 @@ class _Backward:
 
     def layer_backward(self, i: int, streams: list) -> list:
         """Layer i's inputs and their gradients [x1, x2, dx1, dx2] from its outputs and theirs
-        [y1, y2, dy1, dy2]. `streams` is emptied: this frame holds the only references, so each
-        tensor is freed as soon as it is no longer needed."""
+        [y1, y2, dy1, dy2] (the gradients as `_Grad`s). `streams` is emptied: this frame holds the only
+        references. In place, so that a layer's backward holds four stream tensors, plus what F or G
+        recomputes: x2 is written over y2, x1 over y1, dy1' over dy1 and dx2 over dy2."""
         y1, y2, dy1, dy2 = streams
         streams.clear()
         c, params = self.call.couplings[i], self.call.params[i]
         if c.swap:  # the layer's outputs went out as (y2, y1)
             y1, y2, dy1, dy2 = y2, y1, dy2, dy1
         s_f, s_g = self.states[i]
-        g, grads = self.recompute(c, "G", y1, s_g, dy2, params)  # g = G(y1), J_G^T dy2
-        self.accumulate(grads, i)
-        if grads[0] is not None:
-            dy1 = dy1 + grads[0]  # dy1' = dy1 + J_G^T dy2
-        x2 = self.ckpts[i][1] if i in self.ckpts else _unscale(y2 - g, c.beta)  # x2 = (y2 - G(y1)) / beta
-        del g, y2  # y2 is not needed below (F's recompute is the backward's peak)
-        f, grads = self.recompute(c, "F", x2, s_f, dy1, params, need_x=i > 0 or self.need_dh)  # f = F(x2)
-        self.accumulate(grads, i)
-        x1 = self.ckpts[i][0] if i in self.ckpts else _unscale(y1 - f, c.lam)  # x1 = (y1 - F(x2)) / lam
-        del f
-        dx1 = dy1 if c.lam == 1.0 else c.lam * dy1  # dx1 = lam * dy1'
-        if grads[0] is None:
-            dx2 = dy2 if c.beta == 1.0 else c.beta * dy2  # dx2 = beta * dy2 (+ J_F^T dy1': none needed)
-        else:
-            dx2 = torch.add(grads[0], dy2, alpha=c.beta)  # dx2 = beta * dy2 + J_F^T dy1'
+        ckpt = self.ckpts.get(i)
+        # g = G(y1) recomputed;  x2 = (y2 - g) / beta over y2;  dy1' = dy1 + J_G^T dy2 into dy1
+        x2 = y2 if ckpt is None else ckpt[1]
+        self.recompute(c, "G", y1, s_g, dy2.value(), params, i, None if ckpt else _Inverse(y2, c.beta), dy1)
+        del y2
+        # f = F(x2) recomputed;  x1 = (y1 - f) / lam over y1;  dx2 = beta * dy2 + J_F^T dy1' into dy2
+        x1 = y1 if ckpt is None else ckpt[0]
+        need_x = i > 0 or self.need_dh  # the bottom F's dx is only needed for dh
+        self.recompute(c, "F", x2, s_f, dy1.value(), params, i, None if ckpt else _Inverse(y1, c.lam),
+                       dy2.scale(c.beta) if need_x else None)
+        del y1
+        dx1, dx2 = dy1.scale(c.lam), dy2  # dx1 = lam * dy1'
         if self.trace is not None:
             self.trace.setdefault("recon", {})[i] = (x1.detach().clone(), x2.detach().clone())
         return [x1, x2, dx1, dx2]
 
     def accumulate(self, grads, layer: int) -> None:
-        """Add (dx, *context grads, *param grads) of one recompute to the totals (dx is the caller's)."""
+        """Add (*context grads, *param grads) of one recompute to the totals."""
         n = len(self.ctx_in)
-        self.ctx_grads = _sum_grads(self.ctx_grads, grads[1:1 + n])
-        self.param_grads[layer] = _sum_grads(self.param_grads[layer], grads[1 + n:])
+        self.ctx_grads = _sum_grads(self.ctx_grads, grads[:n])
+        self.param_grads[layer] = _sum_grads(self.param_grads[layer], grads[n:])
 
     @contextlib.contextmanager
     def replaying(self, state):
@@ -235,60 +320,62 @@ class _Backward:
         stack.enter_context(autocast_context(self.device.type, self.autocast))
         return stack
 
-    @staticmethod
-    def grads_of(out, wrt, dy):
-        if not out.requires_grad:
-            return (None,) * len(wrt)
-        return torch.autograd.grad(out, wrt, dy.to(out.dtype), allow_unused=True)
-
     def _call(self, fn, x):
         return fn(x, self.args, self.kwargs, self.call.compute_dtype)
 
-    def recompute(self, c, which, x, state, dy, params, need_x=True):
-        """F or G of coupling c again, with grad: (its output, (dx, *context grads, *param grads)).
+    def recompute(self, c, which, x, state, dy, params, layer, inverse=None, dx=None):
+        """F or G of coupling c again, with grad, and its backward with gradient dy: the parameter and
+        context gradients are accumulated, J^T dy is added into `dx` (a `_Grad`; None: nobody needs it),
+        and `inverse` gets the recomputed output before the backward runs.
 
-        need_x=False: nobody needs the gradient w.r.t. x (the bottom F when the stack input does not
-        require grad); x is then not a graph input, so autograd neither records nor back-propagates
-        the part of fn that only leads to x (e.g. MEFT1's attention below the FFN adapter)."""
+        dx=None: x is then not a graph input, so autograd neither records nor back-propagates the
+        part of fn that only leads to x (e.g. MEFT1's attention below the FFN adapter)."""
         if c.chunked(which):
-            return self.recompute_in_chunks(c, which, x, state, dy, params, need_x)
-        xd = x.detach().requires_grad_() if need_x else x.detach()
+            return self.recompute_in_chunks(c, which, x, state, dy, params, layer, inverse, dx)
+        xd = x.detach().requires_grad_() if dx is not None else x.detach()
         with self.replaying(state), self.forward_mode():
-            out = self._call(getattr(c, which), xd)
-        grads = self.grads_of(out, [xd, *self.ctx_in, *params] if need_x else [*self.ctx_in, *params], dy)
-        return out.detach(), grads if need_x else (None, *grads)
+            out = [self._call(getattr(c, which), xd)]
+        if inverse is not None:
+            inverse(out[0].detach())
+        grads = _grad(out, [xd, *self.ctx_in, *params] if dx is not None else [*self.ctx_in, *params], dy)
+        if dx is not None:
+            dx.add(grads[0])
+            grads = grads[1:]
+        self.accumulate(grads, layer)
 
-    def recompute_in_chunks(self, c, which, x, state, dy, params, need_x):
+    def recompute_in_chunks(self, c, which, x, state, dy, params, layer, inverse, dx):
         """The same with F/G = tail(head(x)), the token-wise tail over chunks of the sequence:
 
             z = head(x)  (graph kept);   per chunk j:  out_j = tail(z_j),  dz_j = J_tail^T dy_j
-            then back through the head with dz = cat(dz_j).
+            then back through the head with dz (without a head, dz is dx: added chunk by chunk).
         Dropout draws in forward's order (head, then chunk by chunk), so the masks replay."""
         head, tail = c.head(which), c.tail(which)
-        xd = x.detach().requires_grad_() if need_x else x.detach()
+        xd = x.detach().requires_grad_() if dx is not None else x.detach()
         total: list = [None] * (len(self.ctx_in) + len(params))
-        outs, dzs = [], []
         with self.replaying(state):
             with self.forward_mode():
-                z = self._call(head, xd) if head is not None else xd
-            need_z = need_x or (head is not None and z.requires_grad)
-            for zc, dyc in zip(c.split(z.detach()), c.split(dy), strict=True):
+                z = [self._call(head, xd) if head is not None else xd]
+            need_z = dx is not None or (head is not None and z[0].requires_grad)
+            dz = _Grad(None, z[0]) if need_z and head is not None else dx  # J_tail^T dy, chunk by chunk
+            start = 0
+            for zc in c.split(z[0].detach()):
                 zc = zc.detach().requires_grad_() if need_z else zc
                 with self.forward_mode():
-                    out = self._call(tail, zc)
-                grads = self.grads_of(out, [zc, *self.ctx_in, *params] if need_z else [*self.ctx_in, *params], dyc)
+                    out = [self._call(tail, zc)]
+                if inverse is not None:
+                    inverse(out[0].detach(), start)
+                grads = _grad(out, [zc, *self.ctx_in, *params] if need_z else [*self.ctx_in, *params], dy, start)
                 if need_z:
-                    dzs.append(grads[0] if grads[0] is not None else torch.zeros_like(zc))
+                    dz.add(grads[0], start)
                     grads = grads[1:]
                 total = _sum_grads(total, grads)
-                outs.append(out.detach())
-                del out, grads
-        dz = torch.cat(dzs, dim=-2) if need_z else None
-        dx = None
-        if head is not None and dz is not None:
-            grads = self.grads_of(z, [xd, *self.ctx_in, *params] if need_x else [*self.ctx_in, *params], dz)
-            dx, grads = (grads[0], grads[1:]) if need_x else (None, grads)
+                start += zc.shape[SEQ_DIM]
+                del zc, grads
+        if head is not None and need_z:
+            grads = _grad(z, [xd, *self.ctx_in, *params] if dx is not None else [*self.ctx_in, *params], dz.t)
+            del dz
+            if dx is not None:
+                dx.add(grads[0])
+                grads = grads[1:]
             total = _sum_grads(total, grads)
-        elif need_x:
-            dx = dz
-        return torch.cat(outs, dim=-2), (dx, *total)
+        self.accumulate(total, layer)
