@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .coupling import VARIANTS, BlockCall, Coupling, attach_adapters
-from .reversible import ReversibleStack, StackCall
+from .reversible import StackCall, run_stack
 
 _CACHE_KEYS = ("cache", "past_key_values", "past_key_value")
 
@@ -103,7 +103,7 @@ class MeftStack:
             call = StackCall(self.couplings[:reversible], r_args, r_kwargs, compute, sd,
                              checkpoint_every=self.opts.checkpoint_every, restore_rng=self.opts._restore_rng,
                              trace=trace)
-            x1, x2 = ReversibleStack.apply(call, hidden, *call.grad_inputs(), *call.flat_params())
+            x1, x2 = run_stack(call, hidden)
             start = reversible
         else:
             x1 = x2 = hidden.to(sd)

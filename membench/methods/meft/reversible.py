@@ -23,7 +23,9 @@ over y2 and x1 over y1 as soon as G(y1) and F(x2) are recomputed (the recomputed
 freed before its backward: autograd.grad starts from its GradientEdge), dy1' over dy1 and dx2
 over dy2. The top y1, y2 are this Function's forward outputs (kept by save_for_backward): their
 storage carries the streams all the way down, so after backward they hold the stack input, and
-a second backward (retain_graph) is refused. Gradients autograd hands in are never written.
+a second backward (retain_graph) is refused. Gradients autograd hands in are never written:
+`run_stack` puts `FreshGradients` after the Function, whose backward hands it private copies
+(and lets autograd free its own before the stack's backward runs).
 With `ffn_chunks` = k the token-wise tail of F or G (the FFN block, the adapters) is
 recomputed and back-propagated over k chunks of the sequence (`recompute_in_chunks`).
 
@@ -98,6 +100,7 @@ class StackCall:
         self.tensor_pos = [i for i, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
         self.grad_pos = [i for i in self.tensor_pos if leaves[i].requires_grad]
         self.params = [c.params() for c in couplings]
+        self.handed: tuple = ()  # gradients FreshGradients made for this call's backward
 
     def grad_inputs(self) -> list[torch.Tensor]:
         return [self.leaves[i] for i in self.grad_pos]
@@ -168,15 +171,42 @@ class ReversibleStack(torch.autograd.Function):
         ctx.ran_backward = True
         (y1, y2), ckpts, context = Saved.unpack(ctx.saved_tensors, ctx.ckpt_idx)
         run = _Backward(ctx, ckpts, context)
-        # the top outputs are this Function's own (fresh in forward): their storage carries the streams down
-        # the stack. The incoming gradients belong to autograd (dy1 may even be dy2): copied before any write.
-        streams = [y1.detach(), y2.detach(), _Grad(dy1, y1), _Grad(dy2, y2)]
-        del y1, y2, dy1, dy2  # `streams` holds the only references (layer_backward frees them as it goes)
+        # The top outputs are this Function's own (fresh in forward): their storage carries the streams down
+        # the stack. Gradients are overwritten only if FreshGradients made them for this call; any other
+        # gradient autograd hands in (dy1 may even be dy2) is copied before the first write.
+        fresh, run.call.handed = run.call.handed, ()
+        streams = [y1.detach(), y2.detach(), _Grad(dy1, y1, any(dy1 is t for t in fresh)),
+                   _Grad(dy2, y2, any(dy2 is t for t in fresh))]
+        del y1, y2, dy1, dy2, fresh  # `streams` holds the only references (layer_backward frees them as it goes)
         for i in reversed(range(len(run.call.couplings))):  # top layer first; each one's inputs feed the next
             streams = run.layer_backward(i, streams)
         _x1, _x2, dx1, dx2 = streams
         dh = (dx1.value() + dx2.value()).to(ctx.h_dtype) if run.need_dh else None  # both streams start as h
         return (None, dh, *run.ctx_grads, *[g for gs in run.param_grads for g in gs])
+
+
+class FreshGradients(torch.autograd.Function):
+    """Identity on a ReversibleStack's outputs (x1, x2), in their graph right after it. Its backward
+    copies their gradients and hands the copies to the stack's backward (`StackCall.handed`): no other
+    node has seen them, so the reversible backward may overwrite them, and autograd frees its own
+    before that long backward runs (it would otherwise hold them through it: one more hidden state)."""
+
+    @staticmethod
+    def forward(ctx, call: StackCall, x1: torch.Tensor, x2: torch.Tensor):
+        ctx.call = call
+        return x1.view_as(x1), x2.view_as(x2)
+
+    @staticmethod
+    def backward(ctx, d1, d2):
+        fresh = tuple(None if d is None else d.clone() for d in (d1, d2))
+        ctx.call.handed = tuple(d for d in fresh if d is not None)
+        return (None, *fresh)
+
+
+def run_stack(call: StackCall, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top two streams of the reversible stack `call` over the stack input h."""
+    x1, x2 = ReversibleStack.apply(call, h, *call.grad_inputs(), *call.flat_params())
+    return FreshGradients.apply(call, x1, x2)
 
 
 def _sum_grads(total: list, grads) -> list:
@@ -194,8 +224,8 @@ class _Grad:
     A gradient autograd handed in (or that is still shared) is copied on the first write: only
     tensors this backward created are overwritten. `scale(s)` is applied lazily, at that write."""
 
-    def __init__(self, t: torch.Tensor | None, like: torch.Tensor):
-        self.t, self.mine, self.pending = (torch.zeros_like(like), True, 1.0) if t is None else (t, False, 1.0)
+    def __init__(self, t: torch.Tensor | None, like: torch.Tensor, mine: bool = False):
+        self.t, self.mine, self.pending = (torch.zeros_like(like), True, 1.0) if t is None else (t, mine, 1.0)
 
     def scale(self, s: float) -> _Grad:
         """t *= s  (dx1 = lam * dy1', dx2 = beta * dy2 + ...)"""
