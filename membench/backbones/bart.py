@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .base import TINY_VOCAB, Family
+from .residual import residual
 
 
 @dataclass
@@ -62,8 +63,8 @@ class BartFamily(Family):
         is_decoder = hasattr(layer, "encoder_attn")
         extra = {"cache": cache} if is_decoder else {}
         out, _ = layer.self_attn(hidden, attention_mask=attention_mask, **extra, **kwargs)
-        hidden = layer.self_attn_layer_norm(hidden + nn.functional.dropout(out, p=layer.dropout,
-                                                                          training=layer.training))
+        hidden = layer.self_attn_layer_norm(residual(hidden) + nn.functional.dropout(out, p=layer.dropout,
+                                                                                    training=layer.training))
         if is_decoder and encoder_hidden_states is not None:
             out, _ = layer.encoder_attn(hidden, key_value_states=encoder_hidden_states,
                                         attention_mask=encoder_attention_mask, cache=cache, **kwargs)
@@ -74,11 +75,11 @@ class BartFamily(Family):
     def ffn_block(self, layer, hidden):
         import torch
 
-        residual = hidden
+        skip = residual(hidden)
         hidden = layer.activation_fn(layer.fc1(hidden))
         hidden = nn.functional.dropout(hidden, p=layer.activation_dropout, training=layer.training)
         hidden = nn.functional.dropout(layer.fc2(hidden), p=layer.dropout, training=layer.training)
-        hidden = layer.final_layer_norm(residual + hidden)
+        hidden = layer.final_layer_norm(skip + hidden)
         if not hasattr(layer, "encoder_attn") and hidden.dtype == torch.float16 and not torch.isfinite(hidden).all():
             clamp = torch.finfo(hidden.dtype).max - 1000
             hidden = torch.clamp(hidden, min=-clamp, max=clamp)

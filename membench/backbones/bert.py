@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import TINY_VOCAB, Family
+from .residual import residual
 
 
 @dataclass
@@ -42,11 +43,15 @@ class BertFamily(Family):
     def attention_block(self, layer, hidden, attention_mask=None, *args, **kwargs):
         kwargs.pop("encoder_hidden_states", None)
         kwargs.pop("encoder_attention_mask", None)
-        out, _ = layer.attention(hidden, attention_mask, **kwargs)
-        return out
+        # BertAttention as it runs, with its output half LN(dropout(dense(o)) + h) written out: the
+        # residual is ours to route, and as one expression the dropout output is freed before the
+        # LayerNorm runs (MEFT's recompute peak is here)
+        out = layer.attention.self(hidden, attention_mask=attention_mask, **kwargs)[0]
+        o = layer.attention.output
+        return o.LayerNorm(o.dropout(o.dense(out)) + residual(hidden))
 
     def ffn_block(self, layer, hidden):
-        return layer.output(layer.intermediate(hidden), hidden)
+        return layer.output(layer.intermediate(hidden), residual(hidden))
 
 
 @dataclass

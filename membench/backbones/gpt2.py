@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import TINY_VOCAB, Family
+from .residual import residual
 
 
 @dataclass
@@ -52,7 +53,7 @@ class GPT2Family(Family):
                         encoder_attention_mask=None, use_cache=False, **kwargs):
         out, _ = layer.attn(layer.ln_1(hidden), cache=cache, attention_mask=attention_mask,
                             use_cache=use_cache, **kwargs)
-        return out + hidden
+        return out + residual(hidden)
 
     def ffn_block(self, layer, hidden):
-        return hidden + layer.mlp(layer.ln_2(hidden))
+        return residual(hidden) + layer.mlp(layer.ln_2(hidden))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import TINY_VOCAB, Family
+from .residual import residual
 
 
 @dataclass
@@ -45,7 +46,7 @@ class LlamaFamily(Family):
         out, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden), attention_mask=attention_mask,
                                  position_ids=position_ids, cache=cache, use_cache=use_cache,
                                  position_embeddings=position_embeddings, **kwargs)
-        return hidden + out
+        return residual(hidden) + out
 
     def ffn_block(self, layer, hidden):
-        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return residual(hidden) + layer.mlp(layer.post_attention_layernorm(hidden))

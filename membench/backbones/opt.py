@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .base import TINY_VOCAB, Family
+from .residual import residual
 
 
 @dataclass
@@ -48,25 +49,25 @@ class OPTFamily(Family):
 
     def attention_block(self, layer, hidden, attention_mask=None, cache=None, use_cache=False,
                         position_ids=None, **kwargs):
-        residual = hidden
+        skip = residual(hidden)
         if layer.do_layer_norm_before:
             hidden = layer.self_attn_layer_norm(hidden)
         hidden, _ = layer.self_attn(hidden_states=hidden, cache=cache, position_ids=position_ids,
                                     attention_mask=attention_mask, **kwargs)
-        hidden = residual + nn.functional.dropout(hidden, p=layer.dropout, training=layer.training)
+        hidden = skip + nn.functional.dropout(hidden, p=layer.dropout, training=layer.training)
         if not layer.do_layer_norm_before:
             hidden = layer.self_attn_layer_norm(hidden)
         return hidden
 
     def ffn_block(self, layer, hidden):
         shape = hidden.shape
+        skip = residual(hidden).reshape(-1, hidden.size(-1))
         hidden = hidden.reshape(-1, hidden.size(-1))
-        residual = hidden
         if layer.do_layer_norm_before:
             hidden = layer.final_layer_norm(hidden)
         hidden = layer.fc2(layer.activation_fn(layer.fc1(hidden)))
         hidden = nn.functional.dropout(hidden, p=layer.dropout, training=layer.training)
-        hidden = (residual + hidden).view(shape)
+        hidden = (skip + hidden).view(shape)
         if not layer.do_layer_norm_before:
             hidden = layer.final_layer_norm(hidden)
         return hidden

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import Family
+from .residual import residual
 
 
 def _refactored(layer) -> bool:
@@ -71,9 +72,9 @@ class ViTFamily(Family):
         out = out[0] if isinstance(out, tuple) else out
         if _refactored(layer):
             out = layer.dropout(out)  # earlier releases drop out inside attention.output
-        return out + hidden
+        return out + residual(hidden)
 
     def ffn_block(self, layer, hidden):
         if _refactored(layer):
-            return hidden + layer.dropout(layer.mlp(layer.layernorm_after(hidden)))
-        return layer.output(layer.intermediate(layer.layernorm_after(hidden)), hidden)  # adds the residual
+            return residual(hidden) + layer.dropout(layer.mlp(layer.layernorm_after(hidden)))
+        return layer.output(layer.intermediate(layer.layernorm_after(hidden)), residual(hidden))  # adds it

@@ -48,6 +48,7 @@ import contextlib
 
 import torch
 
+from ...backbones.residual import residual_sink
 from .coupling import SEQ_DIM
 
 
@@ -350,6 +351,14 @@ class _Backward:
         stack.enter_context(autocast_context(self.device.type, self.autocast))
         return stack
 
+    @staticmethod
+    def routing(x, dx, start=None):
+        """The block's residual gradient goes straight into dx (backbones/residual.py): it is not held in
+        x's input buffer through the rest of the block's backward."""
+        if x is None or dx is None:
+            return contextlib.nullcontext()
+        return residual_sink(x, lambda g: dx.add(g, start))
+
     def _call(self, fn, x):
         return fn(x, self.args, self.kwargs, self.call.compute_dtype)
 
@@ -363,7 +372,7 @@ class _Backward:
         if c.chunked(which):
             return self.recompute_in_chunks(c, which, x, state, dy, params, layer, inverse, dx)
         xd = x.detach().requires_grad_() if dx is not None else x.detach()
-        with self.replaying(state), self.forward_mode():
+        with self.replaying(state), self.forward_mode(), self.routing(xd, dx):
             out = [self._call(getattr(c, which), xd)]
         if inverse is not None:
             inverse(out[0].detach())
@@ -383,14 +392,14 @@ class _Backward:
         xd = x.detach().requires_grad_() if dx is not None else x.detach()
         total: list = [None] * (len(self.ctx_in) + len(params))
         with self.replaying(state):
-            with self.forward_mode():
+            with self.forward_mode(), self.routing(xd, dx):
                 z = [self._call(head, xd) if head is not None else xd]
             need_z = dx is not None or (head is not None and z[0].requires_grad)
             dz = _Grad(None, z[0]) if need_z and head is not None else dx  # J_tail^T dy, chunk by chunk
             start = 0
             for zc in c.split(z[0].detach()):
                 zc = zc.detach().requires_grad_() if need_z else zc
-                with self.forward_mode():
+                with self.forward_mode(), self.routing(zc if need_z else None, dz, start):
                     out = [self._call(tail, zc)]
                 if inverse is not None:
                     inverse(out[0].detach(), start)
