@@ -19,7 +19,7 @@ from ..methods.meft.meft_helpers import DROP
 
 
 def _first_layer_calls(family: str):
-    """(family object, [(layer, args, kwargs, output)] for the first layer of each stack), fp64, dropout on."""
+    """(family object, [(layer, args, kwargs)] for the first layer of each stack), fp64, dropout on."""
     ov = tiny_overrides(family, layers=2, hidden=16)
     ov.update(DROP[family])
     torch.manual_seed(0)
@@ -30,10 +30,10 @@ def _first_layer_calls(family: str):
     for layers in fam.stacks(model).values():
         layer = layers[0]
 
-        def capture(mod, args, kwargs, out, _calls=calls):
-            _calls.append((mod, args, dict(kwargs), out[0] if isinstance(out, tuple) else out))
+        def capture(mod, args, kwargs, _calls=calls):
+            _calls.append((mod, args, dict(kwargs)))
 
-        hooks.append(layer.register_forward_hook(capture, with_kwargs=True))
+        hooks.append(layer.register_forward_pre_hook(capture, with_kwargs=True))
     data = fam.make_batch(config, 2, 8, torch.Generator().manual_seed(0))
     with torch.no_grad():
         model(**data)
@@ -51,7 +51,7 @@ def _blocks(fam, layer, args, kwargs):
 def test_blocks_equal_the_layer_with_the_same_dropout_masks(family):
     fam, calls = _first_layer_calls(family)
     assert calls
-    for layer, args, kwargs, _out in calls:
+    for layer, args, kwargs in calls:
         torch.manual_seed(1)
         with torch.no_grad():
             ref = layer(*args, **kwargs)
@@ -71,7 +71,7 @@ def test_a_residual_sink_takes_the_residual_gradient_and_changes_nothing_else(fa
     """With the block input's residual gradient sent to a sink, sink + x's own gradient is x's
     whole gradient, and the block's output is the same."""
     fam, calls = _first_layer_calls(family)
-    layer, args, kwargs, _out = calls[0]
+    layer, args, kwargs = calls[0]
     x = args[0].detach().requires_grad_()
     dy = torch.randn_like(x)
     torch.manual_seed(1)

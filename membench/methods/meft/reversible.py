@@ -376,11 +376,7 @@ class _Backward:
             out = [self._call(getattr(c, which), xd)]
         if inverse is not None:
             inverse(out[0].detach())
-        grads = _grad(out, [xd, *self.ctx_in, *params] if dx is not None else [*self.ctx_in, *params], dy)
-        if dx is not None:
-            dx.add(grads[0])
-            grads = grads[1:]
-        self.accumulate(grads, layer)
+        self.accumulate(self._backprop(out, xd, dx, dy, params), layer)
 
     def recompute_in_chunks(self, c, which, x, state, dy, params, layer, inverse, dx):
         """The same with F/G = tail(head(x)), the token-wise tail over chunks of the sequence:
@@ -394,27 +390,28 @@ class _Backward:
         with self.replaying(state):
             with self.forward_mode(), self.routing(xd, dx):
                 z = [self._call(head, xd) if head is not None else xd]
-            need_z = dx is not None or (head is not None and z[0].requires_grad)
-            dz = _Grad(None, z[0]) if need_z and head is not None else dx  # J_tail^T dy, chunk by chunk
+            # J_tail^T dy, chunk by chunk: dx itself without a head, else the head output's gradient
+            dz = dx if head is None else (_Grad(None, z[0]) if dx is not None or z[0].requires_grad else None)
             start = 0
             for zc in c.split(z[0].detach()):
-                zc = zc.detach().requires_grad_() if need_z else zc
-                with self.forward_mode(), self.routing(zc if need_z else None, dz, start):
+                zc = zc.detach().requires_grad_() if dz is not None else zc
+                with self.forward_mode(), self.routing(zc, dz, start):
                     out = [self._call(tail, zc)]
                 if inverse is not None:
                     inverse(out[0].detach(), start)
-                grads = _grad(out, [zc, *self.ctx_in, *params] if need_z else [*self.ctx_in, *params], dy, start)
-                if need_z:
-                    dz.add(grads[0], start)
-                    grads = grads[1:]
-                total = _sum_grads(total, grads)
+                total = _sum_grads(total, self._backprop(out, zc, dz, dy, params, start))
                 start += zc.shape[SEQ_DIM]
-                del zc, grads
-        if head is not None and need_z:
-            grads = _grad(z, [xd, *self.ctx_in, *params] if dx is not None else [*self.ctx_in, *params], dz.t)
+                del zc
+        if head is not None and dz is not None:
+            total = _sum_grads(total, self._backprop(z, xd, dx, dz.t, params))
             del dz
-            if dx is not None:
-                dx.add(grads[0])
-                grads = grads[1:]
-            total = _sum_grads(total, grads)
         self.accumulate(total, layer)
+
+    def _backprop(self, root: list, x, dx, dy, params, start=None) -> tuple:
+        """Backward of root[0] (see _grad) with gradient dy, or its chunk at `start`: J^T dy is added into
+        dx (a `_Grad`, at the same chunk; None: x is no graph input); returns (*context, *param grads)."""
+        if dx is None:
+            return _grad(root, [*self.ctx_in, *params], dy, start)
+        grads = _grad(root, [x, *self.ctx_in, *params], dy, start)
+        dx.add(grads[0], start)
+        return grads[1:]
