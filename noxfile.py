@@ -1,4 +1,4 @@
-"""nox sessions: `nox -s tests`, `nox -s lint`, `nox -s bench` (docs/benchmarks.md).
+"""nox sessions: `nox -s tests`, `nox -s lint`, `nox -s bench` (docs/benchmarks.md), `nox -s oldest`.
 
 Every session installs the project with torch pinned (an unpinned torch, also one
 pulled in by transformers or peft, is a multi-GB CUDA build). Override the pin with
@@ -9,6 +9,8 @@ virtualenvs between runs with `nox -R`.
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from pathlib import Path
 
 import nox
@@ -22,6 +24,36 @@ CURRENT = ".benchmarks/current.json"
 LOCAL_TIME_BASELINE = ".benchmarks/time-baseline.json"
 
 
+# What the oldest-versions session runs: the tests that touch what differs between releases (model
+# building and blocks, every method on every family, fake == cpu, the attention calls, the profilers,
+# the runner and its API). About 4 minutes on 2 cores.
+COMPAT_TESTS = [
+    "tests/backbones",
+    "tests/methods/test_baselines.py",
+    "tests/methods/test_baselines_ckpt.py",
+    "tests/methods/test_prefix_positions.py",
+    "tests/methods/test_modifier_attention.py",
+    "tests/methods/test_chunkloss.py",
+    "tests/methods/meft/test_meft_parity.py",
+    "tests/profilers",
+    "tests/test_runner.py",
+    "tests/test_python_api.py",
+]
+
+
+def oldest_pins(pyproject: str = "pyproject.toml") -> list[str]:
+    """The runtime dependencies at their lower bounds ("torch>=2.11" -> "torch==2.11"): pyproject.toml is
+    the one list, so the oldest-versions session tests exactly what it declares."""
+    deps = tomllib.loads(Path(pyproject).read_text())["project"]["dependencies"]
+    pins = []
+    for dep in deps:
+        m = re.fullmatch(r"\s*([A-Za-z0-9_.\-\[\]]+)\s*>=\s*([^,;\s]+)\s*", dep)
+        if m is None:
+            raise ValueError(f"pyproject.toml: {dep!r} has no single lower bound (NAME>=VERSION) to test")
+        pins.append(f"{m[1]}=={m[2]}")
+    return pins
+
+
 def install(session: nox.Session) -> None:
     session.install(TORCH, "-e", ".[dev]")
 
@@ -31,6 +63,18 @@ def tests(session: nox.Session) -> None:
     """The test suite (pass pytest arguments after --, e.g. `nox -s tests -- -k benchcmp`)."""
     install(session)
     session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def oldest(session: nox.Session) -> None:
+    """The oldest supported versions (pyproject.toml's lower bounds, torch included) on COMPAT_TESTS.
+
+    torch's oldest release comes from PyPI, which ships CUDA builds only: a large download (about
+    4.5 GB with its CUDA libraries), that runs on a CPU-only machine as well."""
+    session.install(*oldest_pins(), "-e", ".[dev]")
+    session.run("python", "-c", "import torch, transformers, peft; print('oldest: torch', torch.__version__, "
+                "'transformers', transformers.__version__, 'peft', peft.__version__)")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", *(session.posargs or COMPAT_TESTS))
 
 
 @nox.session

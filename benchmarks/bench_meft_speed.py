@@ -44,13 +44,21 @@ MEFT_OPTIONS = {"r": int(os.environ.get("MEMBENCH_MEFT_SPEED_R", "8"))}
 # MEMBENCH_MEFT_SPEED_DROPOUT=0: every dropout off (model and adapters), to separate the cost of
 # regenerating dropout masks in the recompute (CPU bernoulli) from the rest
 if os.environ.get("MEMBENCH_MEFT_SPEED_DROPOUT") == "0":
+    from membench import backbones
+
     for _name, _ov in MODELS.values():
-        _ov.update(dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0) if _name.startswith("bert")
-                   else dict(dropout=0.0, attention_dropout=0.0))
+        _ov.update(backbones.get(_name).family.dropout_overrides())
     MEFT_OPTIONS["dropout"] = 0.0
 BATCH, SEQ = 8, int(os.environ.get("MEMBENCH_MEFT_SPEED_SEQ", "128"))
 ROUNDS = int(os.environ.get("MEMBENCH_MEFT_SPEED_ROUNDS", "5"))
 _TIMES: dict[tuple[str, str], float] = {}
+
+
+def _reversible(method: str) -> bool:
+    """A MEFT variant (Method.reversible): the methods these timings compare with LoRA and full."""
+    from membench import methods
+
+    return methods.get(method).reversible
 
 
 def _setup(family: str, method: str):
@@ -60,13 +68,14 @@ def _setup(family: str, method: str):
 
     import torch
 
-    from membench.runner import build, build_device
+    from membench.runner import build
+    from membench.spec import RunSpec
 
     name, overrides = MODELS[family]
     torch.manual_seed(0)
-    with build_device("cpu"):
-        _base, model, fam, config, _cfg = build(name, method, dtype="fp32", device="cpu", overrides=overrides,
-                                                method_options=MEFT_OPTIONS if method.startswith("meft") else None)
+    built = build(RunSpec(model=name, method=method, device="cpu", overrides=overrides,
+                          method_options=MEFT_OPTIONS if _reversible(method) else {}), inputs=False)
+    model, fam, config = built.model, built.family, built.config
     model.train()
     batch = fam.make_batch(config, BATCH, SEQ, torch.Generator().manual_seed(0))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -95,7 +104,7 @@ def test_step_time(benchmark, family, method):
     _TIMES[(family, method)] = median
     benchmark.extra_info["median_s"] = median
     lora = _TIMES.get((family, "lora"))
-    if method.startswith("meft") and lora:
+    if _reversible(method) and lora:
         ratio = median / lora
         benchmark.extra_info["ratio_to_lora"] = ratio
         verdict = "ok" if ratio <= 1.5 else "ABOVE the 1.5x target"
@@ -146,7 +155,7 @@ def test_ratio_interleaved(benchmark, family):
              f"  LoRA forward {fwd['lora'] * 1e3:.0f} ms, backward {bwd['lora'] * 1e3:.0f} ms; trainable parameters "
              + ", ".join(f"{m} {steps[m].trainable / 1e3:.0f}k" for m in METHODS)]
     for m in METHODS:
-        if m.startswith("meft"):
+        if _reversible(m):
             ratio, ratio_wall = cpu[m] / cpu["lora"], wall[m] / wall["lora"]
             floor = (fwd[m] + lora_fb) / lora_fb
             benchmark.extra_info[f"{m}_ratio_to_lora"] = ratio

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import pytest
 
-# family -> named model whose architecture is shrunk (membench.backbones.tiny.tiny_overrides)
-FAMILIES = {"opt": "opt-125m", "bert": "bert-base"}
+# the families benchmarked: each one's tiny model (membench.backbones.tiny: Family.tiny_model, shrunk)
+FAMILIES = ("opt", "bert")
 CONFIGS = {
     "tiny": {"shape": {"layers": 2, "hidden": 32, "heads": 2}, "batch_size": 2, "seq_len": 16},
     "small": {"shape": {"layers": 4, "hidden": 64, "heads": 4}, "batch_size": 4, "seq_len": 64},
@@ -107,12 +107,14 @@ def memory_info(result) -> dict:
     if result.cuda:
         info["cuda_bytes"] = {k: int(v) for k, v in result.cuda.items()
                               if k.endswith("_bytes") and isinstance(v, int) and not isinstance(v, bool)}
-    if result.predicted_cuda:  # fake tensors, CUDA target: the allocator model's figures, and per phase
+    if result.predicted_cuda is not None:  # fake tensors, CUDA target: the allocator model's figures, per phase
         p = result.predicted_cuda
-        info["predicted_cuda_bytes"] = {k: int(p[k]) for k in (
-            "max_allocated_bytes", "max_reserved_bytes", "allocated_after_step_bytes", "cublas_workspace_bytes")}
+        info["predicted_cuda_bytes"] = {"max_allocated_bytes": p.max_allocated_bytes,
+                                        "max_reserved_bytes": p.max_reserved_bytes,
+                                        "allocated_after_step_bytes": p.allocated_after_step_bytes,
+                                        "cublas_workspace_bytes": p.cublas_workspace_bytes}
         info["predicted_cuda_bytes"].update({f"{name}.max_allocated_bytes": int(v["max_allocated_bytes"])
-                                             for name, v in p["phases"].items()})
+                                             for name, v in p.phases.items()})
     return info
 
 
@@ -121,13 +123,14 @@ def training_step(model_name: str, method: str, kw: dict):
     import torch
 
     from membench.profilers.step import default_loss
-    from membench.runner import build, build_device
+    from membench.runner import build
+    from membench.spec import RunSpec
 
     device = kw["device"]
     torch.manual_seed(0)
-    with build_device(device):
-        _base, model, family, config, _cfg = build(model_name, method, dtype=kw["dtype"], device=device,
-                                                   overrides=kw["overrides"])
+    built = build(RunSpec(model=model_name, method=method, dtype=kw["dtype"], device=device, overrides=kw["overrides"]),
+                  inputs=False)
+    model, family, config = built.model, built.family, built.config
     batch = family.make_batch(config, kw["batch_size"], kw["seq_len"], torch.Generator().manual_seed(0))
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     model.train()
@@ -149,7 +152,9 @@ def test_method(benchmark, case, request):
     from membench.errors import UserError
 
     family, config, method, device = case
-    model = FAMILIES[family]
+    from membench.backbones.tiny import FAMILY_MODELS
+
+    model = FAMILY_MODELS[family]
     kw = profile_kwargs(family, config, device)
     benchmark.group = f"{config} {device}"
 

@@ -37,12 +37,13 @@ def build_small(size: str):
     import torch
 
     from membench.backbones.tiny import tiny_overrides
-    from membench.runner import build, build_device
+    from membench.runner import build
+    from membench.spec import RunSpec
 
     spec = SIZES[size]
-    with build_device("cpu"):
-        _, model, family, config, _ = build("opt-125m", "full", device="cpu",
-                                            overrides=tiny_overrides("opt", **spec["shape"]))
+    built = build(RunSpec(model="opt-125m", device="cpu", overrides=tiny_overrides("opt", **spec["shape"])),
+                  inputs=False)
+    model, family, config = built.model, built.family, built.config
     batch = family.make_batch(config, spec["batch_size"], spec["seq_len"], torch.Generator().manual_seed(0))
     return model, batch
 
@@ -68,11 +69,11 @@ def bare_step(model, batch):
 
 
 def variants(model, batch):
-    from membench.profilers import profile_step
+    from membench.profilers import StepPlan, profile_step
 
     return {
         "bare": lambda: bare_step(model, batch),
-        "ledger": lambda: profile_step(model, batch, track_live=False),
+        "ledger": lambda: profile_step(model, batch, StepPlan(track_live=False)),
         "ledger+live": lambda: profile_step(model, batch),
     }
 

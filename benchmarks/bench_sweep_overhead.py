@@ -25,10 +25,11 @@ TARGET_S = 2.0
 
 def measure(start_method: str, runs: int) -> dict:
     from membench.results import load
+    from membench.spec import RunSpec
     from membench.sweep import Grid, LocalExecutor, run_sweep
 
     specs = Grid(models=["opt-125m"], methods=["full"], seq_lens=[16], batch_sizes=list(range(1, runs + 1)),
-                 dtypes=["fp32"], device="fake", tiny=True).expand()
+                 dtypes=["fp32"], run=RunSpec(device="fake", tiny=True)).expand()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
         ex = LocalExecutor(start_method=start_method)

@@ -66,12 +66,13 @@ def provenance() -> dict:
 
 
 def _figures(r) -> dict:
-    p = r.predicted_cuda or {}
+    p = r.predicted_cuda
     return {"seq_len": r.seq_len, "activation_bytes": r.activation_bytes, "recompute_bytes": r.recompute_bytes,
             "peak_activation_bytes": r.peak_activation_bytes, "peak_phase": r.peak_phase,
             "num_params": r.num_params, "num_trainable_params": r.num_trainable_params, "target": r.target,
-            "gpu": r.gpu, "max_allocated_bytes": p.get("max_allocated_bytes"),
-            "max_reserved_bytes": p.get("max_reserved_bytes"), "sdpa_backends": p.get("sdpa_backends")}
+            "gpu": r.gpu, "max_allocated_bytes": p.max_allocated_bytes if p is not None else None,
+            "max_reserved_bytes": p.max_reserved_bytes if p is not None else None,
+            "sdpa_backends": p.sdpa_backends if p is not None else None}
 
 
 def _profile(model, method, batch, seq, dtype, options=None, target=None) -> dict:
@@ -150,7 +151,9 @@ def measure_fit() -> dict:
     from membench.fit import fit
 
     t0 = time.perf_counter()
-    rows = fit(FIT["model"], FIT["methods"], gpu=FIT["gpu"], seq_lens=[FIT["seq_len"]], dtype=FIT["dtype"])
+    from membench.spec import RunSpec
+
+    rows = fit(RunSpec(model=FIT["model"], gpu=FIT["gpu"], dtype=FIT["dtype"]), FIT["methods"], seq_lens=[FIT["seq_len"]])
     return {**FIT, "headroom": 0.05, "wall_s": round(time.perf_counter() - t0, 1),
             "rows": [r.to_dict() for r in rows]}
 

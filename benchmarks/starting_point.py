@@ -31,15 +31,16 @@ def _logits(model, batch):
 def gaps(model: str | None, overrides: dict, pretrained: str | None = None, seq_len: int = 32) -> dict[str, float]:
     import torch
 
-    from membench.runner import build, build_device
+    from membench.runner import build
+    from membench.spec import RunSpec
 
     def make(method, opts):
         torch.manual_seed(0)
-        with build_device("cpu"), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _, m, fam, config, _ = build(model, method, device="cpu", overrides=overrides, method_options=opts,
-                                         pretrained=pretrained)
-        return m, fam.make_batch(config, 4, seq_len, torch.Generator().manual_seed(0))
+            built = build(RunSpec(model=model, method=method, device="cpu", overrides=overrides or {},
+                                  method_options=opts or {}, pretrained=pretrained), inputs=False)
+        return built.model, built.family.make_batch(built.config, 4, seq_len, torch.Generator().manual_seed(0))
 
     base, batch = make("full", {})
     y0 = _logits(base, batch)

@@ -1,3 +1,6 @@
+"""`python -m membench ...` is the `membench` command (for a checkout without the console script)."""
+
 from .cli import main
 
-main()
+if __name__ == "__main__":
+    main()

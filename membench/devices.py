@@ -19,8 +19,3 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "fake"
-
-
-def default_training_device() -> str:
-    """Training needs real tensors: cuda when this process can run CUDA, else cpu."""
-    return "cuda" if default_device() == "cuda" else "cpu"

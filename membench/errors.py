@@ -21,3 +21,14 @@ class PreflightError(UserError):
     def __init__(self, problems: list[tuple[str, tuple[str, str] | None]]):
         super().__init__("; ".join(message for message, _ in problems))
         self.problems = problems
+
+
+class FaultError(RuntimeError):
+    """Not the input but the machine stopped a command (a full disk, a database locked for too long): the CLI
+    prints one line and exits 1; what was stored before stays."""
+
+
+def one_of(names) -> str:
+    """Names as a help text offers them: 'a, b or c' ('a' alone)."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]

@@ -19,6 +19,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from .errors import UserError
+from .spec import RunSpec
+
+SCHEMA_VERSION = 1  # of `membench fit --out`'s JSON (a run's JSON has its own: membench.result)
+Probed = Callable[[str, int, int, int, bool], None]  # (method, seq, batch, predicted peak bytes, fits)
 
 
 @dataclass
@@ -43,14 +47,17 @@ class FitRow:
         return d
 
 
-def budget(gpu: str, headroom: float) -> tuple[int, int]:
-    """(bytes a step may use including the context, context bytes) on `gpu`."""
+def budget(gpu: str, headroom: float, context: str | int | None = None) -> tuple[int, int]:
+    """(bytes a step may use including the context, context bytes) on `gpu`; `context`: --context (a size),
+    else the GPU table's typical figure."""
+    from .backends import parse_context
     from .gpu import specs
 
     spec = specs.get(gpu)
     if not 0.0 <= headroom < 1.0:
         raise UserError(f"--headroom {headroom:g}: expected a fraction in [0, 1), e.g. 0.05")
-    return int(spec.memory_bytes * (1.0 - headroom)), spec.context_bytes
+    given = parse_context(context)
+    return int(spec.memory_bytes * (1.0 - headroom)), spec.context_bytes if given is None else given
 
 
 def search_batch(cost: Callable[[int], int], limit: int, max_batch_size: int) -> tuple[int, int | None]:
@@ -112,24 +119,46 @@ def search_batch(cost: Callable[[int], int], limit: int, max_batch_size: int) ->
     return lo, hi
 
 
-def fit(model: str, methods: list[str], *, gpu: str, seq_lens: list[int], dtype: str = "fp32",
-        attn: str = "sdpa", headroom: float = 0.05, optimizer: str = "adamw", alloc_conf: str | None = None,
-        overrides: dict | None = None, max_batch_size: int = 4096, jobs: int | None = None,
-        progress: Callable[[str], None] | None = None) -> list[FitRow]:
-    """One FitRow per (method, sequence length): the largest batch size predicted to fit on `gpu`.
+@dataclass(frozen=True)
+class FitTask:
+    """What every probe of a fit shares: the run description (fake, CUDA target on the GPU), the budget."""
 
+    spec: RunSpec  # the run every probe shares: device fake, target cuda on the GPU
+    limit: int  # bytes a step may use, the context included
+    context: int  # the CUDA context's bytes
+    max_batch_size: int
+
+    def probe(self, method: str, seq: int, batch_size: int) -> RunSpec:
+        return self.spec.replace(method=method, seq_len=seq, batch_size=batch_size)
+
+
+def fit(spec: RunSpec, methods: list[str], *, seq_lens: list[int | None], headroom: float = 0.05,
+        max_batch_size: int = 4096, jobs: int | None = None, progress: Callable[[str], None] | None = None,
+        probed: Probed | None = None) -> list[FitRow]:
+    """One FitRow per (method, sequence length): the largest batch size predicted to fit on `spec.gpu`.
+
+    `spec`: the run description every probe shares (its model, GPU (default a100-80gb), dtype, attention,
+    optimizer, allocator options, overrides and `context`, the CUDA context on top of max reserved:
+    default the GPU table's typical figure); its method and batch size are the search's. It is checked
+    once, here, not at every probe. `seq_lens`: [None] is the model's default (an image model: its patches + 1).
     `jobs`: profiles run at once, each in a worker process, while every row's search goes on
-    (default: one per CPU core, at most one per row; 1 searches row by row here, in this process)."""
-    from . import backbones, dtypes, optimizers
+    (default: one per CPU core, at most one per row; 1 searches row by row here, in this process).
+    `progress(text)`: what is running now (a live line); `probed(method, seq, batch, peak, fits)`: each
+    probe as it ends, one call at a time (peak: predicted reserved + context)."""
+    from . import backbones
     from . import methods as registry
-    from .gpu.allocator import AllocatorConfig
+    from .gpu import specs
 
     say = progress or (lambda _msg: None)
-    limit, context = budget(gpu, headroom)
+    gpu = specs.get(spec.gpu or specs.DEFAULT_GPU).name
+    limit, context = budget(gpu, headroom, spec.context)
     if not methods:
         raise UserError("--methods: give at least one method, e.g. full,lora,meft3")
     for m in methods:
         registry.resolve(m)
+    # a repeat is refused, not merged: it would search the same row twice, and is most likely a typo for another
+    _refuse_repeats("--methods", methods)
+    _refuse_repeats("--seq-lens", [s for s in seq_lens or [] if s is not None])
     if not seq_lens or any(s is not None and (isinstance(s, bool) or not isinstance(s, int) or s <= 0)
                            for s in seq_lens):
         raise UserError(f"--seq-lens {seq_lens}: expected positive integers")
@@ -137,58 +166,66 @@ def fit(model: str, methods: list[str], *, gpu: str, seq_lens: list[int], dtype:
         raise UserError(f"--max-batch-size {max_batch_size!r}: expected a positive integer")
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs {jobs}: expected a positive integer")
-    optimizers.check(optimizer)
-    AllocatorConfig.parse(alloc_conf)
-    dtype = dtypes.short(dtype)
-    from .runner import sequence_length
+    spec = spec.replace(device="fake", target="cuda", gpu=gpu, method=methods[0]).validate()
+    from .runner import model_config, sequence_length
 
-    config = backbones.make_config(backbones.get(model), overrides, attn=attn)
-    seq_lens = [sequence_length(config, s, name=model) for s in seq_lens]  # defaults; image models: patches + 1
+    config = model_config(spec)
+    seq_lens = [sequence_length(config, s, name=spec.model) for s in seq_lens]  # defaults; image models: patches + 1
     positions = backbones.family_for(config.model_type).max_positions(config)
     too_long = [s for s in seq_lens if s > positions]
     if too_long:
-        raise UserError(f"sequence length {too_long[0]} is longer than {model}'s {positions} positions")
+        raise UserError(f"sequence length {too_long[0]} is longer than {spec.model}'s {positions} positions")
 
-    task = dict(model=model, gpu=gpu, dtype=dtype, attn=attn, optimizer=optimizer, alloc_conf=alloc_conf,
-                overrides=overrides, limit=limit, context=context, max_batch_size=max_batch_size)
+    task = FitTask(spec, limit, context, max_batch_size)
     keys = [(method, seq) for method in methods for seq in seq_lens]
     jobs = min(jobs or os.cpu_count() or 1, len(keys))
     if jobs == 1:
-        return [_search_row(method, seq, task, say) for method, seq in keys]
-    return _in_workers(keys, task, jobs, say)
+        return [_search_row(method, seq, task, say, probed=probed) for method, seq in keys]
+    return _in_workers(keys, task, jobs, say, probed)
 
 
-def _reserved(method: str, seq: int, b: int, task: dict) -> int:
+def _refuse_repeats(flag: str, values: list) -> None:
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    if repeated:
+        raise UserError(f"{flag} lists {repeated[0]} more than once; each value is one row of the table")
+
+
+def _reserved(method: str, seq: int, b: int, task: FitTask) -> int:
     """One probe: the predicted steady-state max_memory_reserved of a fake-tensor profile, CUDA target."""
-    from .runner import profile
+    from .runner import InputsTooLarge, run
 
-    r = profile(task["model"], method, batch_size=b, seq_len=seq, dtype=task["dtype"], attn=task["attn"],
-                device="fake", target="cuda", gpu=task["gpu"], optimizer=task["optimizer"],
-                alloc_conf=task["alloc_conf"], overrides=task["overrides"])
-    return r.predicted_cuda["max_reserved_bytes"]
+    try:
+        r = run(task.probe(method, seq, b))  # the task's spec was checked once, in fit()
+    except InputsTooLarge as exc:  # the inputs alone exceed the GPU's memory: b does not fit (a lower bound)
+        return exc.needed_bytes
+    return r.predicted_cuda.max_reserved_bytes
 
 
-def _search_row(method: str, seq: int, task: dict, say: Callable[[str], None],
-                reserved: Callable[[int], int] | None = None) -> FitRow:
+def _search_row(method: str, seq: int, task: FitTask, say: Callable[[str], None],
+                reserved: Callable[[int], int] | None = None, probed: Probed | None = None) -> FitRow:
     """The search for one (method, sequence length). `reserved(b)`: the probe (default: here)."""
     probes: dict[int, int] = {}
-    limit, context = task["limit"], task["context"]
+    limit, context = task.limit, task.context
     reserved = reserved or (lambda b: _reserved(method, seq, b, task))
 
     def cost(b: int) -> int:
         say(f"{method} s{seq}: batch {b}")
         probes[b] = reserved(b)
+        if probed is not None:
+            probed(method, seq, b, probes[b] + context, probes[b] + context <= limit)
         return probes[b] + context
 
-    best, fail = search_batch(cost, limit, task["max_batch_size"])
-    return FitRow(model=task["model"], method=method, seq_len=seq, gpu=task["gpu"], dtype=task["dtype"],
+    best, fail = search_batch(cost, limit, task.max_batch_size)
+    spec = task.spec
+    return FitRow(model=spec.model, method=method, seq_len=seq, gpu=spec.gpu, dtype=spec.dtype,
                   max_batch_size=best, predicted_max_reserved_bytes=probes.get(best), budget_bytes=limit,
                   context_bytes=context, first_failing_batch_size=fail,
                   first_failing_reserved_bytes=probes.get(fail) if fail else None,
                   over_by_bytes=probes[fail] + context - limit if fail else None, probes=probes)
 
 
-def _in_workers(keys: list[tuple[str, int]], task: dict, jobs: int, say: Callable[[str], None]) -> list[FitRow]:
+def _in_workers(keys: list[tuple[str, int]], task: FitTask, jobs: int, say: Callable[[str], None],
+                probed: Probed | None = None) -> list[FitRow]:
     """Every row's search at once, each in a thread here; their probes run in `jobs` processes forked from
     a server that imported torch once (no CUDA). Probes, not rows, share the processes, so no core
     idles while another row still has work."""
@@ -207,10 +244,15 @@ def _in_workers(keys: list[tuple[str, int]], task: dict, jobs: int, say: Callabl
         with lock:
             latest[msg.split(":")[0]] = msg
 
+    def one_at_a_time(*probe) -> None:
+        with lock:
+            probed(*probe)
+
     with ProcessPoolExecutor(jobs, mp_context=ctx) as pool, ThreadPoolExecutor(len(keys)) as rows:
         def search(method: str, seq: int) -> FitRow:
             row = _search_row(method, seq, task, tell,
-                              reserved=lambda b: pool.submit(_reserved, method, seq, b, task).result())
+                              reserved=lambda b: pool.submit(_reserved, method, seq, b, task).result(),
+                              probed=one_at_a_time if probed is not None else None)
             with lock:
                 latest.pop(f"{method} s{seq}", None)
             return row

@@ -2,8 +2,11 @@
 
 Every file a command writes (`--out`, `--db`, `--snapshot`, `-o`) is checked first: a path
 that cannot be written is a one-line UserError naming it and why, so a long profile or sweep
-never ends in a traceback. Files are written to a temporary sibling and renamed into place,
-so an interruption leaves the old file or the new one, never half of one.
+never ends in a traceback. Missing folders on the way are fine (`--out reports/r.json` in a
+fresh checkout): the check probes the nearest folder that exists, and the folders are created
+only when the file is written (`make_parents`), so a command refused later leaves nothing behind.
+Files are written to a temporary sibling and renamed into place, so an interruption leaves the
+old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -25,20 +28,25 @@ def _probe(folder: Path, what: str) -> None:
         raise UserError(f"{what}: cannot write in {folder} ({reason.lower()})") from None
 
 
+def _nearest_folder(p: Path, what: str) -> Path:
+    """The nearest existing ancestor of `p` (the folder new folders would be created in); it must be a folder."""
+    existing = p.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what}: {existing} is not a folder")
+    return existing
+
+
 def output_file(path: str | os.PathLike, flag: str) -> Path:
-    """Check that `path` can be written as a file (it need not exist); returns it as a Path."""
+    """Check that `path` can be written as a file (it and its folders need not exist); returns it as a Path."""
     p = Path(path)
     what = f"{flag} {p}"
     if p.is_dir():
         raise UserError(f"{what}: is a folder; give a file path")
-    parent = p.parent
-    if not parent.exists():
-        raise UserError(f"{what}: folder {parent} does not exist")
-    if not parent.is_dir():
-        raise UserError(f"{what}: {parent} is not a folder")
     if p.exists() and not os.access(p, os.W_OK):
         raise UserError(f"{what}: the file is not writable")
-    _probe(parent, what)
+    _probe(_nearest_folder(p, what), what)
     return p
 
 
@@ -48,12 +56,14 @@ def output_folder(path: str | os.PathLike, flag: str) -> Path:
     what = f"{flag} {p}"
     if p.exists() and not p.is_dir():
         raise UserError(f"{what}: is a file; give a folder")
-    existing = p
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{what}: {existing} is not a folder")
-    _probe(existing, what)
+    _probe(p if p.is_dir() else _nearest_folder(p, what), what)
+    return p
+
+
+def make_parents(path: str | os.PathLike) -> Path:
+    """Create the missing folders above `path` (checked by `output_file` before any work); returns it."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
     return p
 
 
@@ -69,7 +79,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, then rename it over `path`."""
-    p = Path(path)
+    p = make_parents(path)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

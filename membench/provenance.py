@@ -54,11 +54,7 @@ def provenance(device: str | None = None) -> dict:
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
     }
-    if device == "cuda" and torch is not None:
-        try:  # noqa: SIM105 - best effort: a failed run may have failed because CUDA did not start
-            info["device_name"] = torch.cuda.get_device_name()
-        except Exception:  # noqa: BLE001
-            pass
-    elif device == "fake":
-        info["device_name"] = "fake (FakeTensorMode: shapes only, no memory)"
+    from .backends import device_name
+
+    info["device_name"] = device_name(device) or info["device_name"]  # a GPU's, or what a fake run is
     return info

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .result import model_name
+from .spec import RunSpec
 
 
 def rel_error(a, b) -> float:
@@ -93,27 +94,31 @@ def starting_point(model, batch) -> dict[str, Any]:
     }
 
 
-def verify_numbers(model: str | None = "bert-base", method: str = "meft1", *, dtype: str = "fp32",
-                   overrides: dict | None = None, options: dict | None = None, batch_size: int = 2,
-                   seq_len: int = 32, seed: int = 0, threshold: float = 1e-3,
-                   pretrained: str | None = None) -> dict[str, Any]:
-    """One training step both ways (reversible vs plain autograd, identical weights and dropout masks)."""
+VERIFY_DTYPES = ("fp32", "fp64", "bf16")
+
+
+def verify_numbers(spec: RunSpec, threshold: float = 1e-3) -> dict[str, Any]:
+    """One training step of `spec`'s model (on the CPU) both ways: reversible vs plain autograd, identical
+    weights and dropout masks. `spec.model`: a named model, or None with `spec.pretrained` (a checkpoint
+    folder): one of the two, as `profile`; its method is a reversible one, without modifiers."""
     import torch
 
-    from . import dtypes
+    from . import methods
     from .errors import UserError
     from .methods.meft.inject import plain_autograd, stacks_of
-    from .runner import build, build_device
+    from .runner import build
 
-    if not method.startswith("meft") or "+" in method:
-        raise UserError(f"verify checks the reversible methods meft1, meft2, meft3; got {method!r}")
-    dtype = dtypes.canonical(dtype)
-    if dtype not in ("float32", "float64", "bfloat16"):
-        raise UserError(f"verify runs on the CPU in fp32, fp64 or bf16; got {dtype!r}")
-    torch.manual_seed(seed)
-    with build_device("cpu"):
-        _base, net, family, config, cfg = build(model, method, dtype=dtype, device="cpu", overrides=overrides,
-                                                method_options=options, pretrained=pretrained)
+    method = spec.method_spec
+    if method.modifiers or not methods.get(method.base).reversible:
+        reversible = ", ".join(n for n in methods.names() if methods.get(n).reversible)
+        raise UserError(f"verify checks the reversible methods {reversible}; got {spec.method!r}")
+    spec = spec.replace(device="cpu", target=None, gpu=None).validate()
+    if spec.dtype not in VERIFY_DTYPES:
+        raise UserError(f"verify runs on the CPU in {', '.join(VERIFY_DTYPES)}; got {spec.dtype!r}")
+    torch.manual_seed(spec.seed)
+    built = build(spec, inputs=False)
+    net, family, config, cfg = built.model, built.family, built.config, built.method_config
+    batch_size, seq_len, seed = spec.batch_size, spec.seq_len, spec.seed
     batch = family.make_batch(config, batch_size, seq_len, torch.Generator().manual_seed(seed))
     net.train()
     stacks = stacks_of(net)
@@ -147,8 +152,8 @@ def verify_numbers(model: str | None = "bert-base", method: str = "meft1", *, dt
     worst = max([worst, *(input_err.values()), other_err or 0.0])
     opts = cfg.to_dict()
     return {
-        "model": model or pretrained, "method": method, "dtype": dtypes.short(dtype), "options": opts,
-        "overrides": dict(overrides or {}), "batch_size": batch_size, "seq_len": seq_len, "seed": seed,
+        "model": spec.model or spec.pretrained, "method": spec.method, "dtype": spec.dtype, "options": opts,
+        "overrides": dict(spec.overrides), "batch_size": batch_size, "seq_len": seq_len, "seed": seed,
         "threshold": threshold, "layers": layers, "input_grad_error": input_err, "head_grad_error": other_err,
         "max_grad_error": worst, "passed": bool(worst <= threshold), "loss_reversible": loss_rev,
         "loss_plain": loss_plain, "rng_state_equal": bool(torch.equal(rng_rev, rng_plain)),
@@ -201,10 +206,11 @@ def store_verify(db: str | Path, res: dict) -> int:
 
     from . import __version__
     from .provenance import provenance
+    from .result import RunRecord
     from .results import store_result
 
     config, metrics, series = verify_record(res)
     blob = json.dumps({"verify": config, "membench": __version__}, sort_keys=True, default=str)
     key = "verify-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
-    return store_result(str(db), None, kind="verify", status="ok", metrics=metrics, series=series, config=config,
-                        key=key, provenance=provenance("cpu"))
+    record = RunRecord(kind="verify", metrics=metrics, series=series, config=config, provenance=provenance("cpu"))
+    return store_result(str(db), record, key=key)

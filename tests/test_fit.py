@@ -12,6 +12,7 @@ from membench.backbones.tiny import tiny
 from membench.errors import UserError
 from membench.fit import budget, fit, search_batch
 from membench.gpu import specs
+from membench.spec import RunSpec
 
 MiB = 2**20
 
@@ -81,8 +82,8 @@ def test_fit_agrees_with_the_profiles_it_rests_on():
     """A small OPT on what a V100 leaves at 98.8% headroom (~83 MiB beyond the context): the batch size
     found fits by its own profile, the next one does not, and the row says by how much."""
     model, ov = tiny("opt", layers=2, hidden=128, heads=2)
-    rows = fit(model, ["full", "meft1"], gpu="v100-32gb", seq_lens=[128], dtype="fp32", headroom=0.988,
-               overrides=ov, jobs=1)
+    rows = fit(RunSpec(model=model, gpu="v100-32gb", dtype="fp32", overrides=ov), ["full", "meft1"], seq_lens=[128],
+               headroom=0.988, jobs=1)
     assert [(r.method, r.seq_len) for r in rows] == [("full", 128), ("meft1", 128)]
     limit, context = budget("v100-32gb", 0.988)
     for r in rows:
@@ -100,11 +101,24 @@ def test_fit_agrees_with_the_profiles_it_rests_on():
     assert rows[1].max_batch_size > rows[0].max_batch_size  # MEFT's activations are flat in depth
 
 
+def test_a_probe_whose_inputs_exceed_the_gpu_does_not_fit():
+    """A batch whose inputs alone exceed the GPU is a probe that fails (cost: the inputs, a lower bound), not an
+    error that ends the search."""
+    from membench.fit import FitTask, _reserved
+
+    model, ov = tiny("opt", layers=1)
+    limit, context = budget("v100-32gb", 0.0)
+    task = FitTask(RunSpec(model=model, gpu="v100-32gb", device="fake", target="cuda", overrides=ov), limit, context,
+                   4096)
+    b = 2**28  # x 128 tokens, ids and labels (int64): 512 GiB
+    assert _reserved("full", 128, b, task) == b * 128 * 8 * 2 > budget("v100-32gb", 0.0)[0]
+
+
 def test_fit_in_worker_processes_gives_the_same_rows():
     model, ov = tiny("opt", layers=2)
-    kw = dict(gpu="v100-32gb", seq_lens=[64], dtype="fp32", headroom=0.99, overrides=ov)
-    here = fit(model, ["full", "lora"], jobs=1, **kw)
-    there = fit(model, ["full", "lora"], jobs=2, **kw)
+    spec, kw = RunSpec(model=model, gpu="v100-32gb", dtype="fp32", overrides=ov), dict(seq_lens=[64], headroom=0.99)
+    here = fit(spec, ["full", "lora"], jobs=1, **kw)
+    there = fit(spec, ["full", "lora"], jobs=2, **kw)
     assert [r.to_dict() for r in here] == [r.to_dict() for r in there]
 
 
@@ -150,6 +164,9 @@ def test_cli_when_nothing_fits(cli, tmp_path):
     (["--optimizer", "adam"], "unknown optimizer 'adam'"),
     (["--dtype", "int8"], "dtype"),
     (["-m", "bert-huge"], "unknown model 'bert-huge'"),
+    (["--methods", "lora,full,lora"], "--methods lists lora more than once"),
+    (["--seq-lens", "128,256,128"], "--seq-lens lists 128 more than once"),
+    (["--seq-len", "128", "--seq-lens", "256"], "give --seq-len (one length) or --seq-lens (a grid), not both"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(cli, args, message):
     code, _out, err = cli("fit", "-m", "bert-base", "--methods", "full", *args)
@@ -159,8 +176,9 @@ def test_cli_bad_input_exits_2_with_one_line(cli, args, message):
 
 
 def test_cli_bad_out_path_writes_nothing(cli, tmp_path):
-    code, _out, err = cli("fit", "-m", "bert-base", "--out", str(tmp_path / "no" / "such" / "fit.json"))
-    assert code == 2 and "does not exist" in err
+    (tmp_path / "a-file").write_text("")
+    code, _out, err = cli("fit", "-m", "bert-base", "--out", str(tmp_path / "a-file" / "such" / "fit.json"))
+    assert code == 2 and "a-file is not a folder" in err
     code, _out, err = cli("fit", "-m", "bert-base", "--out", str(tmp_path))
     assert code == 2 and "is a folder" in err
 

@@ -47,9 +47,12 @@ def _run_args(*extra):
 def test_run_out_is_checked_before_profiling(cli, tmp_path, unwritable):
     code, _out, err = cli(*_run_args("--out", str(tmp_path)))
     assert code == 2 and "is a folder; give a file path" in _one_line(err)
-    code, _out, err = cli(*_run_args("--out", str(tmp_path / "no" / "r.json")))
-    assert code == 2 and "does not exist" in _one_line(err)
+    (tmp_path / "a-file").write_text("")
+    code, _out, err = cli(*_run_args("--out", str(tmp_path / "a-file" / "no" / "r.json")))
+    assert code == 2 and "a-file is not a folder" in _one_line(err) and not (tmp_path / "a-file" / "no").exists()
     code, _out, err = cli(*_run_args("--out", str(unwritable / "r.json")))
+    assert code == 2 and f"cannot write in {unwritable}" in _one_line(err)
+    code, _out, err = cli(*_run_args("--out", str(unwritable / "new" / "r.json")))  # a missing folder's parent
     assert code == 2 and f"cannot write in {unwritable}" in _one_line(err)
     code, _out, err = cli(*_run_args("--db", str(unwritable / "x.db")))
     assert code == 2 and "results database" in _one_line(err)
@@ -69,13 +72,30 @@ def test_sweep_report_export_fit_verify_refuse_unwritable_outputs(cli, tmp_path,
     assert code == 2 and "cannot write in" in _one_line(err)
 
 
+def test_missing_folders_are_created_when_the_file_is_written(cli, tmp_path):
+    """The README's `--out reports/r.json` in a fresh folder: the folders appear with the file, and only then
+    (a command refused after the check leaves no empty folder)."""
+    code, _out, err = cli(*_run_args("--out", str(tmp_path / "reports" / "r.json"),
+                                     "--db", str(tmp_path / "dbs" / "a" / "runs.db")))
+    assert code == 0, err
+    assert (tmp_path / "reports" / "r.json").is_file() and (tmp_path / "dbs" / "a" / "runs.db").is_file()
+    code, _out, err = cli("results", "export", "--db", str(tmp_path / "dbs" / "a" / "runs.db"),
+                          "--out", str(tmp_path / "exports" / "csv" / "runs.csv"))
+    assert code == 0, err
+    assert (tmp_path / "exports" / "csv" / "runs.csv").read_text().startswith("run_id,")
+    code, _out, err = cli(*_run_args("--method", "qlora", "--out", str(tmp_path / "never" / "r.json")))
+    assert code == 2 and "unknown method" in _one_line(err) and not (tmp_path / "never").exists()
+
+
 def _small_db(tmp_path) -> Path:
     from membench import profile
+    from membench.result import RunRecord
     from membench.results import store_result
 
     model, ov = tiny("opt", layers=1)
     db = tmp_path / "small.db"
-    store_result(str(db), profile(model, "full", batch_size=1, seq_len=8, device="fake", overrides=ov))
+    store_result(str(db), RunRecord(result=profile(model, "full", batch_size=1, seq_len=8, device="fake",
+                                                   overrides=ov)))
     return db
 
 

@@ -153,10 +153,166 @@ def test_too_long_sequence_is_refused_before_the_model_is_built(monkeypatch):
 
     from membench import runner
     from membench.errors import UserError
+    from membench.runner import building
 
     def no_build(*a, **k):
         raise AssertionError("the model was built before the sequence length was checked")
 
-    monkeypatch.setattr(runner, "build", no_build)
+    monkeypatch.setattr(building, "_model", no_build)
     with pytest.raises(UserError, match="longer than the model's 1024 positions"):
         runner.profile("gpt2", "full", batch_size=1, seq_len=1025, device="fake")
+
+
+def test_the_api_requires_a_model_as_run_does():
+    """Issue 18 section 5: `membench run` requires -m; profile() has no default model either."""
+    import inspect
+
+    assert inspect.signature(profile).parameters["model"].default is None
+    with pytest.raises(UserError, match="give a model name"):
+        profile(method="full", batch_size=1, seq_len=8, device="fake")
+
+
+def test_a_named_model_and_a_checkpoint_are_refused_together(tmp_path):
+    """The checkpoint would be profiled under the named model's label: the rule `membench train` applies."""
+    from transformers import AutoModelForSequenceClassification
+
+    from membench import backbones
+
+    model, ov = tiny("bert", layers=1)
+    AutoModelForSequenceClassification.from_config(backbones.make_config(backbones.get(model), ov)).save_pretrained(
+        tmp_path / "bert-ckpt")
+    with pytest.raises(UserError, match="not both"):
+        profile("opt-125m", "full", batch_size=1, seq_len=8, device="fake", pretrained=str(tmp_path / "bert-ckpt"))
+
+
+def test_fake_inputs_are_made_as_fake_tensors(monkeypatch):
+    """On fake the batch never exists as real CPU tensors (a huge batch is only its shapes)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from membench.backbones.base import Family
+
+    made = []
+    real_make = Family.make_batch
+
+    def recording(self, *args, **kwargs):
+        batch = real_make(self, *args, **kwargs)
+        made.append(all(isinstance(t, FakeTensor) for t in batch.values() if isinstance(t, torch.Tensor)))
+        return batch
+
+    monkeypatch.setattr(Family, "make_batch", recording)
+    model, ov = tiny("opt", layers=1)
+    profile(model, "full", batch_size=2, seq_len=8, device="fake", overrides=ov)
+    assert made and all(made)
+
+
+@pytest.mark.parametrize(("model", "kw", "message"), [
+    ("opt-125m", {"batch_size": 10**8}, "the inputs alone (batch size 100000000 x 512 tokens: 762.94 GiB) exceed "
+                                        "the a100-80gb's memory (80.00 GiB)"),
+    ("vit-base", {"batch_size": 1, "image_size": 160000}, "160000x160000-pixel images: 286.10 GiB) exceed the "
+                                                          "a100-80gb's memory"),
+    ("opt-125m", {"batch_size": 10**20}, "cannot even be described as tensors"),
+])
+def test_absurd_inputs_are_refused_before_the_model_is_built(monkeypatch, model, kw, message):
+    from membench.runner import building
+
+    def no_build(*a, **k):
+        raise AssertionError("the model was built before the inputs were checked")
+
+    monkeypatch.setattr(building, "_model", no_build)
+    with pytest.raises(UserError) as err:
+        profile(model, "full", device="fake", **kw)
+    assert message in str(err.value) and "lower --batch-size" in str(err.value)
+
+
+def test_a_cpu_step_s_inputs_must_fit_in_this_machine_s_ram(monkeypatch):
+    from membench import backends
+
+    monkeypatch.setattr(backends, "_physical_ram", lambda: 2**20)
+    model, ov = tiny("opt", layers=1)
+    for kw in ({"device": "cpu"}, {"device": "fake", "target": "cpu"}):  # 64 x 2048 tokens, ids + labels: 2 MiB
+        with pytest.raises(UserError, match=r"exceed this machine's RAM \(1.00 MiB\)"):
+            profile(model, "full", batch_size=64, seq_len=2048, overrides=ov, **kw)
+    assert profile(model, "full", batch_size=1, seq_len=8, device="cpu", overrides=ov).batch_size == 1
+
+
+@pytest.mark.parametrize("device", ["fake", "cpu"])
+def test_progress_tells_each_phase_and_layer_and_changes_no_figure(device):
+    model, ov = tiny("opt", layers=3)
+    kw = dict(batch_size=2, seq_len=8, device=device, overrides=ov)
+    said: list[str] = []
+    told = profile(model, "lora+ckpt", progress=said.append, **kw)
+    quiet = profile(model, "lora+ckpt", **kw)
+    assert said[0] == f"building {model} (3 layers)"
+    step = "step 1/2 " if device == "fake" else ""  # a CUDA target runs a second (steady-state) step
+    for line in ("forward", "forward: layer 3/3", "backward", "backward: layer 3/3", "optimizer step"):
+        assert step + line in said, (line, said)
+    assert ("step 2/2 backward: layer 3/3" in said) == (device == "fake")
+    differ = ("wall_s", "provenance", "loss")  # (the loss: random weights, not seeded)
+    assert {k: v for k, v in told.to_dict().items() if k not in differ} == \
+        {k: v for k, v in quiet.to_dict().items() if k not in differ}
+
+
+class _MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+@pytest.mark.parametrize(("module", "batch", "kw", "message"), [
+    ("bert-base", torch.randn(2, 64), {}, "profile_module takes an nn.Module you built, not a name ('bert-base'); "
+                                          "for a registered model use membench.profile('bert-base', method, ...)"),
+    ("bert", torch.randn(2, 64), {}, "with a NAME from `membench list`"),
+    (_MLP(), None, {}, "batch: got NoneType; give the module's inputs as a dict"),
+    (_MLP(), {}, {}, "with at least one tensor in it"),
+    (_MLP(), torch.randn(2, 64), {"device": "tpu"}, "unknown device 'tpu'"),
+    (_MLP(), torch.randn(2, 64), {"device": "fake"}, "device='fake' runs fake tensors, but the module's parameters"),
+    (_MLP(), torch.randn(2, 64).to("meta"), {}, "tensors of the module or the batch are on meta"),
+])
+def test_profile_module_says_what_to_pass(module, batch, kw, message):
+    with pytest.raises(UserError) as err:
+        profile_module(module, batch, **kw)
+    assert message in str(err.value)
+
+
+def test_profile_module_cuda_without_a_gpu_and_fake_inputs_on_a_real_module(monkeypatch):
+    from membench import runner
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA GPU is visible"):
+        profile_module(_MLP(), torch.randn(2, 64), device="cuda")
+    with runner.fake_mode():
+        fake = torch.randn(2, 64)
+    with pytest.raises(UserError, match="the batch's tensors are fake tensors: pass device='fake'"):
+        profile_module(_MLP(), fake)
+    with torch.device("meta"):
+        net = _MLP()
+    mode = runner.fake_mode()
+    runner.fakeify(net, mode)
+    with mode:
+        batch = torch.randn(2, 64)
+    frozen = nn.Linear(4, 4).requires_grad_(False)
+    with pytest.raises(UserError, match="no trainable parameter"):
+        profile_module(frozen, torch.randn(2, 4))
+    r = profile_module(net, batch, device="fake", target="cpu")  # the right way: both fake
+    assert r.device == "fake" and r.activation_bytes == profile_module(_MLP(), torch.randn(2, 64)).activation_bytes
+
+
+@pytest.mark.parametrize(("batch", "seq_len", "shape"), [
+    (torch.randn(32, 64), None, [32, 64]),  # features: no sequence axis
+    (torch.randn(4, 6, 64), 6, [4, 6, 64]),  # hidden states [b, s, d]
+    ({"ids": torch.randint(0, 50, (4, 6))}, 6, [4, 6]),  # token ids [b, s]
+])
+def test_seq_len_only_where_the_input_has_a_sequence(batch, seq_len, shape, tmp_path):
+    if isinstance(batch, dict):
+        net, batch = UserNet(), {"ids": batch["ids"], "labels": batch["ids"]}
+    else:
+        net = _MLP()
+    r = profile_module(net, batch)
+    assert (r.batch_size, r.seq_len, r.input_shape) == (shape[0], seq_len, shape)
+    assert r.shape_label == (f"b{shape[0]} s{seq_len}" if seq_len else "input " + "x".join(map(str, shape)))
+    r.save(str(tmp_path / "r.json"))
+    back = json.loads((tmp_path / "r.json").read_text())
+    assert (back["seq_len"], back["input_shape"]) == (seq_len, shape) and RunResult.from_dict(back) == r

@@ -41,9 +41,10 @@ def test_starting_point_gap_shrinks_with_lam_beta(family, variant):
 
 def test_verify_numbers_are_plain_data_and_fp64_passes():
     from membench.backbones.tiny import tiny_overrides
+    from membench.spec import RunSpec
 
-    res = verify_numbers("bert-base", "meft1", dtype="fp64", overrides=tiny_overrides("bert", layers=3, hidden=16),
-                         batch_size=2, seq_len=8)
+    res = verify_numbers(RunSpec(model="bert-base", method="meft1", dtype="fp64", batch_size=2, seq_len=8,
+                                 overrides=tiny_overrides("bert", layers=3, hidden=16)))
     json.dumps(res)  # plain data only
     assert res["passed"] and res["rng_state_equal"]
     assert [r["name"] for r in res["layers"]] == ["layers.0", "layers.1", "layers.2"]

@@ -1,7 +1,8 @@
 """Backbone registry: named models (shipped configs) and the families that build them.
 
-To add a family: write one file next to this one with a `Family` subclass and
-add it to `FAMILIES`. To add a named model: drop its config JSON in `configs/`.
+To add a family: write one file next to this one with a `Family` subclass (its
+`tiny_model` and `dropout_keys` among its facts) and add it to `FAMILIES`. To add a
+named model: drop its config JSON in `configs/`.
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ from .residual import residual
 @dataclass
 class BartFamily(Family):
     name: str = "bart"
+    tiny_model: str = "bart-base"
+    dropout_keys: tuple[str, ...] = ("dropout", "attention_dropout", "activation_dropout")
     model_types: tuple[str, ...] = ("bart",)
     task: str = "seq2seq-lm"
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "fc2")
-    ia3_feedforward: tuple[str, ...] = ("fc2",)
+    roles = {"query": ("q_proj",), "key": ("k_proj",), "value": ("v_proj",), "ffn_down": ("fc2",)}
 
     def tiny(self, layers=2, hidden=32, heads=2):
         return dict(d_model=hidden, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
@@ -43,6 +43,9 @@ class BartFamily(Family):
 
     def stacks(self, model):
         return {"encoder": model.model.encoder.layers, "decoder": model.model.decoder.layers}
+
+    def causal(self, stack):
+        return stack == "decoder"
 
     def embeddings(self, model):
         m = model.model

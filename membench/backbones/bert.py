@@ -15,10 +15,10 @@ from .residual import residual
 @dataclass
 class BertFamily(Family):
     name: str = "bert"
+    tiny_model: str = "bert-base"
+    dropout_keys: tuple[str, ...] = ("hidden_dropout_prob", "attention_probs_dropout_prob")
     model_types: tuple[str, ...] = ("bert",)
-    lora_targets: tuple[str, ...] = ("query", "value")
-    ia3_targets: tuple[str, ...] = ("key", "value", "output.dense")
-    ia3_feedforward: tuple[str, ...] = ("output.dense",)
+    roles = {"query": ("query",), "key": ("key",), "value": ("value",), "ffn_down": ("output.dense",)}
     prefix: str = "bert"
 
     def tiny(self, layers=2, hidden=32, heads=2):
@@ -57,6 +57,7 @@ class BertFamily(Family):
 @dataclass
 class RobertaFamily(BertFamily):
     name: str = "roberta"
+    tiny_model: str = "roberta-base"
     model_types: tuple[str, ...] = ("roberta",)
     prefix: str = "roberta"
 

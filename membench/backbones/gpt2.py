@@ -15,12 +15,13 @@ from .residual import residual
 @dataclass
 class GPT2Family(Family):
     name: str = "gpt2"
+    tiny_model: str = "gpt2"
+    dropout_keys: tuple[str, ...] = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
     model_types: tuple[str, ...] = ("gpt2",)
     task: str = "causal-lm"
     decoder: bool = True
-    lora_targets: tuple[str, ...] = ("c_attn",)
-    ia3_targets: tuple[str, ...] = ("c_attn", "mlp.c_proj")
-    ia3_feedforward: tuple[str, ...] = ("mlp.c_proj",)
+    # c_attn computes queries, keys and values in one (Conv1D) projection
+    roles = {"query": ("c_attn",), "key": ("c_attn",), "value": ("c_attn",), "ffn_down": ("mlp.c_proj",)}
 
     def tiny(self, layers=2, hidden=32, heads=2):
         return dict(n_embd=hidden, n_layer=layers, n_head=heads, vocab_size=TINY_VOCAB)

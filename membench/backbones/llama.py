@@ -15,12 +15,13 @@ from .residual import residual
 @dataclass
 class LlamaFamily(Family):
     name: str = "llama"
+    tiny_model: str = "llama-2-7b"
+    dropout_keys: tuple[str, ...] = ("attention_dropout",)
     model_types: tuple[str, ...] = ("llama",)
     task: str = "causal-lm"
     decoder: bool = True
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "down_proj")
-    ia3_feedforward: tuple[str, ...] = ("down_proj",)
+    bias_switches: tuple[str, ...] = ("attention_bias", "mlp_bias")
+    roles = {"query": ("q_proj",), "key": ("k_proj",), "value": ("v_proj",), "ffn_down": ("down_proj",)}
 
     def tiny(self, layers=2, hidden=32, heads=2):
         return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,

@@ -17,12 +17,12 @@ from .residual import residual
 @dataclass
 class OPTFamily(Family):
     name: str = "opt"
+    tiny_model: str = "opt-125m"
+    dropout_keys: tuple[str, ...] = ("dropout", "attention_dropout")
     model_types: tuple[str, ...] = ("opt",)
     task: str = "causal-lm"
     decoder: bool = True
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "fc2")
-    ia3_feedforward: tuple[str, ...] = ("fc2",)
+    roles = {"query": ("q_proj",), "key": ("k_proj",), "value": ("v_proj",), "ffn_down": ("fc2",)}
 
     def tiny(self, layers=2, hidden=32, heads=2):
         return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=2 * hidden,

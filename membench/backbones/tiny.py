@@ -1,30 +1,28 @@
-"""Tiny models for tests and smoke runs: each family's `Family.tiny()` overrides, and one named model per family.
+"""Tiny models for tests and smoke runs: each family's `Family.tiny()` overrides on its `Family.tiny_model`.
 
-Used by tests, CI benchmarks and smoke runs: `membench run --model opt-125m --tiny`.
+Used by tests, CI benchmarks and smoke runs: `membench run --model opt-125m --tiny`. The family lists tests
+parametrize over come from the registry (`FAMILIES`), so a new family is tested without editing a list.
 """
 
 from __future__ import annotations
 
+from . import FAMILIES
+
 
 def tiny_overrides(family: str, layers: int = 2, hidden: int = 32, heads: int = 2) -> dict:
     """The family's own tiny config (`Family.tiny`), by family name."""
-    from . import FAMILIES
-
     return FAMILIES[family].tiny(layers=layers, hidden=hidden, heads=heads)
 
 
-# one representative named model per family (tests parametrize over these)
-FAMILY_MODELS = {"bert": "bert-base", "roberta": "roberta-base", "bart": "bart-base", "opt": "opt-125m",
-                 "gpt2": "gpt2", "llama": "llama-2-7b", "vit": "vit-base"}
+# family -> its representative named model (Family.tiny_model): what tests parametrize over
+FAMILY_MODELS = {name: family.tiny_model for name, family in FAMILIES.items()}
 
 
 def text_seq(family: str, n: int) -> int | None:
     """`n` for text families; None for image families, whose sequence the image size fixes (patches + 1)."""
-    from . import FAMILIES
-
     return None if FAMILIES[family].modality == "image" else n
 
 
 def tiny(family: str, **kw) -> tuple[str, dict]:
     """(named model, overrides) for a tiny model of `family`, e.g. tiny("opt") -> ("opt-125m", {...})."""
-    return FAMILY_MODELS[family], tiny_overrides(family, **kw)
+    return FAMILIES[family].tiny_model, tiny_overrides(family, **kw)

@@ -26,11 +26,12 @@ def _refactored(layer) -> bool:
 @dataclass
 class ViTFamily(Family):
     name: str = "vit"
+    tiny_model: str = "vit-base"
+    dropout_keys: tuple[str, ...] = ("hidden_dropout_prob", "attention_probs_dropout_prob")
     model_types: tuple[str, ...] = ("vit",)
     modality: str = "image"
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj", "query", "value")  # newer / earlier transformers
-    ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "fc2", "key", "value", "output.dense")
-    ia3_feedforward: tuple[str, ...] = ("fc2", "output.dense")
+    roles = {"query": ("q_proj", "query"), "key": ("k_proj", "key"), "value": ("v_proj", "value"),  # newer, earlier
+             "ffn_down": ("fc2", "output.dense")}
 
     def tiny(self, layers=2, hidden=32, heads=2):  # 16 x 16 images in 4 x 4 patches: 16 patches + [CLS]
         return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,

@@ -1,7 +1,8 @@
 """`membench` command line. One module per command; each registers itself on `app`.
 
 Bad input (a `UserError`, or a usage error from typer) prints one line on
-stderr and exits 2, never a traceback.
+stderr and exits 2, never a traceback. A fault of the machine (`FaultError`: a full
+disk, a locked database) prints one line and exits 1.
 """
 
 from __future__ import annotations
@@ -11,10 +12,25 @@ import warnings
 
 import typer
 
-from ..errors import UserError
+from ..errors import FaultError, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# add_completion: typer's --install-completion / --show-completion for the user's shell
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="How much memory fine-tuning a transformer costs, layer by layer.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"membench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="print membench's version and exit")) -> None:
+    """How much memory fine-tuning a transformer costs, layer by layer."""
 
 # Importing a command module registers its command(s) on `app`.
 from . import bench_compare, fit, listing, report, results, run, sweep, train, verify  # noqa: E402,F401
@@ -27,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except FaultError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

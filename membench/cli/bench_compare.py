@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -10,42 +11,45 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..paths import output_file, write_text_atomic
+from ..spec import option
 from . import app
 from .bench_view import VERDICT, console_for_logs, mem_cell, other_cell, pct, signed_bytes, time_cell
+from .options import From, command
 
 
-@app.command("bench-compare")
-def bench_compare(
-    baseline: Path = typer.Argument(..., help="baseline pytest-benchmark JSON (e.g. benchmarks/baselines/methods.json)"),
-    current: Path = typer.Argument(..., help="JSON of the run to check (pytest --benchmark-json FILE)"),
-    max_memory_regression: str = typer.Option(
-        "0%", "--max-memory-regression",
-        help="allowed growth of any memory figure: 0% (default: one byte fails), 2.5%, 4KiB, or off"),
-    max_time_regression: str = typer.Option(
-        "10%", "--max-time-regression", help="allowed growth of step time, e.g. 10%, or off"),
-    time_stat: str = typer.Option("min", "--time-stat", help="timing statistic compared: min, median, mean, max"),
-    allow_missing: bool = typer.Option(
-        False, "--allow-missing", help="report benchmarks absent from CURRENT without failing"),
-    time_across_machines: bool = typer.Option(
-        False, "--time-across-machines", help="gate step time even when the files come from different machines"),
-    changed_only: bool = typer.Option(False, "--changed-only", help="list only rows that changed, are new or missing"),
-    out: Path = typer.Option(None, "--out", help="also write the comparison as JSON"),
-) -> None:
+@dataclass
+class GateSettings:
+    """`membench bench-compare`'s arguments and options."""
+
+    baseline: Path = option(..., "baseline pytest-benchmark JSON (e.g. benchmarks/baselines/methods.json)")
+    current: Path = option(..., "JSON of the run to check (pytest --benchmark-json FILE)")
+    max_memory_regression: str = option("0%", "allowed growth of any memory figure: 0% (default: one byte fails), "
+                                              "2.5%, 4KiB, or off")
+    max_time_regression: str = option("10%", "allowed growth of step time, e.g. 10%, or off")
+    time_stat: str = option("min", "timing statistic compared: min, median, mean, max")
+    allow_missing: bool = option(False, "report benchmarks absent from CURRENT without failing")
+    time_across_machines: bool = option(False, "gate step time even when the files come from different machines")
+    changed_only: bool = option(False, "list only rows that changed, are new or missing")
+    out: Path | None = option(None, "also write the comparison as JSON")
+
+
+@command(app, "bench-compare", From(GateSettings, "gate", build=True, arguments=("baseline", "current")))
+def bench_compare(gate: GateSettings) -> None:
     """Compare two pytest-benchmark JSON files by benchmark name: memory exactly, step time within a limit.
 
     Exit 0 when nothing regressed, 1 on a regression (or a benchmark missing from CURRENT), 2 on unreadable input.
     """
     from ..benchcmp import HEADLINE, compare, load, parse_limit
 
-    mem_limit = parse_limit(max_memory_regression, what="--max-memory-regression")
-    time_limit = parse_limit(max_time_regression, what="--max-time-regression", allow_bytes=False)
-    if out is not None:
-        output_file(out, "--out")
-    report = compare(load(baseline), load(current), max_memory=mem_limit, max_time=time_limit,
-                     time_stat=time_stat, allow_missing=allow_missing, time_across_machines=time_across_machines)
+    mem_limit = parse_limit(gate.max_memory_regression, what="--max-memory-regression")
+    time_limit = parse_limit(gate.max_time_regression, what="--max-time-regression", allow_bytes=False)
+    if gate.out is not None:
+        output_file(gate.out, "--out")
+    report = compare(load(gate.baseline), load(gate.current), max_memory=mem_limit, max_time=time_limit,
+                     time_stat=gate.time_stat, allow_missing=gate.allow_missing, time_across_machines=gate.time_across_machines)
 
     con = console_for_logs()
-    con.print(f"baseline [bold]{escape(str(baseline))}[/]  vs  current [bold]{escape(str(current))}[/]")
+    con.print(f"baseline [bold]{escape(str(gate.baseline))}[/]  vs  current [bold]{escape(str(gate.current))}[/]")
     con.print(f"limits: memory {report.max_memory} (every *_bytes figure and every layer), step time "
               f"{report.max_time} on {report.time_stat}" + ("" if report.time_gated else " [dim](time not gated)[/]"))
     if report.version_diffs:
@@ -66,7 +70,7 @@ def bench_compare(
     table.add_column("verdict")
     shown = 0
     for row in report.rows:
-        if changed_only and row.status == "ok" and not row.changed and not row.time_regressed:
+        if gate.changed_only and row.status == "ok" and not row.changed and not row.time_regressed:
             continue
         shown += 1
         table.add_row(escape(row.name), mem_cell(row, HEADLINE[0]), mem_cell(row, HEADLINE[1]), other_cell(row),
@@ -99,6 +103,6 @@ def bench_compare(
         for row in new:
             con.print(f"  {escape(row.key)}")
     con.print(f"[bold]{report.summary()}[/]")
-    if out is not None:
-        write_text_atomic(out, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    if gate.out is not None:
+        write_text_atomic(gate.out, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     raise typer.Exit(report.exit_code)

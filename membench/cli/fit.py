@@ -2,69 +2,103 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-import typer
-from rich.table import Table
-
 from ..assignments import split_list
+from ..errors import UserError
+from ..gpu.specs import DEFAULT_GPU
 from ..paths import output_file, write_text_atomic
+from ..spec import RunSpec, option
 from ..units import format_bytes
 from . import app
-from .format import console, status
+from .format import Table, console, live_progress, progress_line, status
+from .format import table as fmt_table
+from .options import From, command
 
 
-@app.command()
-def fit(
-    model: str = typer.Option(..., "--model", "-m", help="named model (see `membench list`)"),
-    methods: str = typer.Option("full,lora,meft3", "--methods", help="comma-separated methods"),
-    gpu: str = typer.Option("a100-80gb", "--gpu", help="the GPU (`membench list --gpus`)"),
-    seq_len: int = typer.Option(None, "--seq-len", "-s", help="tokens per sequence (default 512; image models: "
-                                                                 "fixed by the image size)"),
-    seq_lens: str = typer.Option(None, "--seq-lens", help="comma-separated sequence lengths: a method x length grid"),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16, fp16 or fp64"),
-    attn: str = typer.Option("sdpa", "--attn", help="attention implementation: eager or sdpa"),
-    headroom: float = typer.Option(0.05, "--headroom", help="fraction of the GPU's memory to leave free"),
-    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adamw-foreach, adamw-fused, adamw-forloop, sgd"),
-    alloc_conf: str = typer.Option(None, "--alloc-conf", help="allocator options (PYTORCH_CUDA_ALLOC_CONF)"),
-    override: list[str] = typer.Option(None, "--override", help="config KEY=VALUE (repeatable)"),
-    max_batch_size: int = typer.Option(4096, "--max-batch-size", help="stop the search here"),
-    jobs: int = typer.Option(None, "--jobs", "-j", help="profiles run at once, one process each; "
-                                                        "every row is searched at once (default: one per CPU core)"),
-    out: Path = typer.Option(None, "--out", help="write the rows as JSON"),
-) -> None:
+@dataclass
+class FitSettings:
+    """`membench fit`'s own options, besides the run description every probe shares."""
+
+    methods: str = option("full,lora,meft3", "comma-separated methods")
+    seq_lens: str | None = option(None, "comma-separated sequence lengths: a method x length grid")
+    headroom: float = option(0.05, "fraction of the GPU's memory to leave free")
+    max_batch_size: int = option(4096, "stop the search here")
+    jobs: int | None = option(None, "profiles run at once, one process each; every row is searched at once "
+                                    "(default: one per CPU core)", short="-j")
+    out: Path | None = option(None, "write the rows as JSON")
+
+
+# what every probe shares: the run description but what the search varies or a fit always sets (the method,
+# the batch size, fake tensors for a CUDA target) and what a fit does not take (a checkpoint, a seed, images)
+SEARCHED = ("method", "batch_size", "device", "target", "method_options", "pretrained", "seed", "image_size", "tiny")
+SHARED = tuple(f.name for f in dataclasses.fields(RunSpec) if f.name not in SEARCHED)
+
+
+@command(app, "fit", From(RunSpec, "spec", names=SHARED, defaults={"model": ..., "gpu": DEFAULT_GPU}),
+         From(FitSettings, "settings", build=True))
+def fit(spec: dict, settings: FitSettings) -> None:
     """Find, per method, the largest batch size whose predicted peak (reserved + CUDA context) fits the GPU."""
-    from .. import backbones
+    from ..fit import SCHEMA_VERSION as FIT_SCHEMA_VERSION
     from ..fit import fit as run_fit
     from ..gpu import specs
+    from .run import spec_from_flags
 
-    spec = specs.get(gpu)
+    seq_len, seq_lens = spec.pop("seq_len"), settings.seq_lens
+    if seq_len is not None and seq_lens is not None:  # which one would win is a guess: refuse both
+        raise UserError(f"give --seq-len (one length) or --seq-lens (a grid), not both (got {seq_len} and {seq_lens})")
+    gpu = specs.get(spec["gpu"])
     lens = split_list(seq_lens, "--seq-lens", int) if seq_lens is not None else [seq_len]  # [None]: the default
-    if out is not None:
-        output_file(out, "--out")
-    with status("fitting") as say:
-        rows = run_fit(model, split_list(methods, "--methods"), gpu=spec.name, seq_lens=lens, dtype=dtype, attn=attn,
-                       headroom=headroom, optimizer=optimizer, alloc_conf=alloc_conf,
-                       overrides=backbones.parse_overrides(override), max_batch_size=max_batch_size, jobs=jobs,
-                       progress=say)
-    console.print(fit_table(rows, spec, headroom))
-    if out is not None:
-        data = {"model": model, "gpu": spec.name, "dtype": rows[0].dtype, "headroom": headroom,
-                "memory_bytes": spec.memory_bytes, "rows": [r.to_dict() for r in rows]}
-        write_text_atomic(out, json.dumps(data, indent=2) + "\n")
-        console.print(f"wrote {out}")
+    if settings.out is not None:
+        output_file(settings.out, "--out")
+    run_spec = spec_from_flags({**spec, "gpu": gpu.name})
+    with _progress() as shown:
+        rows = run_fit(run_spec, split_list(settings.methods, "--methods"), seq_lens=lens, headroom=settings.headroom,
+                       max_batch_size=settings.max_batch_size, jobs=settings.jobs, **shown)
+    given_context = run_spec.context is not None
+    console.print(fit_table(rows, gpu, settings.headroom, given_context=given_context))
+    if settings.out is not None:
+        data = {"schema_version": FIT_SCHEMA_VERSION, "model": run_spec.model, "gpu": gpu.name, "dtype": rows[0].dtype,
+                "headroom": settings.headroom, "memory_bytes": gpu.memory_bytes,
+                "context_source": "given (--context)" if given_context else "GPU table (typical, lazy loading)",
+                "rows": [r.to_dict() for r in rows]}
+        write_text_atomic(settings.out, json.dumps(data, indent=2) + "\n")
+        console.print(f"wrote {settings.out}")
 
 
-def fit_table(rows, spec, headroom: float) -> Table:
+@contextlib.contextmanager
+def _progress():
+    """On a terminal a live line (what is probed now); elsewhere (a pipe, a log) one line per finished probe."""
+    if live_progress():
+        with status("fitting") as say:
+            yield {"progress": say}
+    else:
+        yield {"probed": _probe_line}
+
+
+def _probe_line(method: str, seq: int, batch: int, peak: int, fits: bool) -> None:
+    progress_line(f"fit {method} s{seq} batch {batch}: {format_bytes(peak)} predicted, "
+                  + ("fits" if fits else "does not fit"))
+
+
+def fit_table(rows, spec, headroom: float, given_context: bool = False) -> Table:
     budget = rows[0].budget_bytes if rows else 0
-    t = Table(title=f"{rows[0].model if rows else ''} on {spec.name} ({format_bytes(spec.memory_bytes)}, "
-                    f"{headroom * 100:g}% headroom: {format_bytes(budget)}): largest batch size, predicted",
-              caption="peak = predicted max_memory_reserved over two training steps + CUDA context "
-                      f"(~{format_bytes(spec.context_bytes)}, approximate); max batch 0: batch size 1 does not fit")
-    for col, just in (("method", "left"), ("seq", "right"), ("max batch", "right"), ("peak there", "right"),
-                      ("next batch", "right"), ("its peak", "right"), ("over by", "right")):
-        t.add_column(col, justify=just)
+    context = rows[0].context_bytes if rows else spec.context_bytes
+    context_said = (f"{format_bytes(context)}, given" if given_context else
+                    f"~{format_bytes(context)}, typical with lazy loading, approximate")
+    sizes = ("peak there", "its peak", "over by")
+    t = fmt_table(f"{rows[0].model if rows else ''} on {spec.name} ({format_bytes(spec.memory_bytes)}, "
+                  f"{headroom * 100:g}% headroom: {format_bytes(budget)}): largest batch size, predicted",
+                  [("method", "left"), ("seq", "right"), ("max batch", "right"), ("peak there", "right"),
+                   ("next batch", "right"), ("its peak", "right"), ("over by", "right")],
+                  keep=("method",), whole=sizes, constant=("seq",),
+                  caption="peak = predicted max_memory_reserved over two training steps + CUDA context "
+                          f"({context_said}); max batch 0: batch size 1 "
+                          "does not fit")
     for r in rows:
         peak = format_bytes(r.predicted_max_reserved_bytes + r.context_bytes) if r.max_batch_size else "-"
         nxt = str(r.first_failing_batch_size) if r.first_failing_batch_size else "-"

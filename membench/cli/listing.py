@@ -3,53 +3,66 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from . import app
-from .format import console
+from .format import Table, console, warn
+from .format import table as fmt_table
 
 
 @app.command("list")
 def list_(verbose: bool = typer.Option(False, "--verbose", "-v",
                                       help="show each method's options, and what trains on --model"),
-          model: str = typer.Option("bert-base", "--model", "-m",
-                                    help="with --verbose: the model each method is built on (on meta, no memory)"),
+          model: str = typer.Option(None, "--model", "-m",
+                                    help="with --verbose: the model each method is built on (on meta, no "
+                                         "memory) [default: bert-base]"),
           gpus: bool = typer.Option(False, "--gpus", help="list the GPUs `--gpu` can name, and nothing else"),
           ) -> None:
     """List the models and methods membench knows."""
     from .. import backbones, methods
 
+    if model is not None:
+        backbones.get(model)  # an unknown --model fails before anything is printed
+    # flags that change nothing are harmless (the listing is the same), so a warning, not a refusal: the
+    # user expected them to do something
     if gpus:
+        ignored = [flag for flag, given in (("--verbose", verbose), (f"--model {model}", model is not None)) if given]
+        if ignored:
+            warn(f"--gpus lists the GPUs and nothing else; {' and '.join(ignored)} ignored")
         console.print(gpu_table())
         return
-    if verbose:
-        backbones.get(model)  # an unknown --model fails before anything is printed
+    if model is not None and not verbose:
+        warn(f"--model {model} only applies with --verbose (what each method trains on it); ignored")
+    model = model or "bert-base"
 
-    models = Table(title="models (shipped configs, random weights unless --pretrained)")
-    for col in ("name", "family", "task", "layers", "hidden", "positions"):  # (image models: patches + 1)
-        models.add_column(col)
+    models = fmt_table("models (shipped configs, random weights unless --pretrained)",
+                       [(col, "left") for col in ("name", "family", "task", "layers", "hidden", "positions")],
+                       keep=("name",), whole=("positions",))  # (image models: patches + 1)
     for name in backbones.names():
         bb = backbones.get(name)
         shown = bb.family.describe(backbones.make_config(bb))
         models.add_row(name, bb.family.name, bb.family.task, shown["layers"], shown["hidden"], shown["positions"])
     console.print(models)
 
-    table = Table(title="methods" + (f" (options: the defaults as they run on {model})" if verbose else ""))
-    table.add_column("name")
-    table.add_column("kind")
-    table.add_column("what it does")
-    if verbose:
-        table.add_column("options (defaults)", overflow="fold")
     family = backbones.get(model).family if verbose else None
-    for name in methods.names(include_modifiers=True):
-        m = methods.get(name)
-        row = [name, "modifier" if m.is_modifier else "method", m.summary]
-        if verbose:
-            row.append(_resolved_defaults(m, family))
-        table.add_row(*row)
-    console.print(table)
+    on = f" (options: the defaults as they run on {model})" if verbose else ""
+    for title, names in (("methods" + on, methods.names()),
+                         ("modifiers: add one to any method as METHOD+NAME, e.g. full+ckpt" + on,
+                          [n for n in methods.names(include_modifiers=True) if methods.get(n).is_modifier])):
+        console.print(_methods_table(title, names, family))
     if verbose:
         console.print(_trainable_table(model))
+
+
+def _methods_table(title: str, names: list[str], family) -> Table:
+    """One row per method: its name, what it does, and (`family` given) its options as they run on it."""
+    from .. import methods
+
+    columns = [("name", "left"), ("what it does", "left")] + ([("options (defaults)", "left")] if family else [])
+    table = fmt_table(title, columns, keep=("name",))
+    for name in names:
+        m = methods.get(name)
+        table.add_row(name, m.summary, *([_resolved_defaults(m, family)] if family else []))
+    return table
 
 
 def gpu_table() -> Table:
@@ -57,17 +70,17 @@ def gpu_table() -> Table:
     from ..gpu import specs
     from ..units import format_bytes
 
-    t = Table(title="GPUs a CUDA target can name (--gpu)",
-              caption=f"default {specs.DEFAULT_GPU}; sm: compute capability; cuBLAS: its workspace; "
-                      "~context: typical CUDA context with lazy loading (varies with the driver); "
-                      "SDPA: which kernel CUDA tries first")
-    for col, just in (("name", "left"), ("device name", "left"), ("sm", "right"), ("memory", "right"),
-                      ("cuBLAS", "right"), ("~context", "right"), ("SDPA", "left")):
-        t.add_column(col, justify=just, overflow="fold", no_wrap=col == "name")  # never cut: fold
+    t = fmt_table("GPUs a CUDA target can name (--gpu)",
+                  [("name", "left"), ("sm", "right"), ("memory", "right"), ("cuBLAS", "right"),
+                   ("~context", "right"), ("SDPA", "left"), ("device name", "left")],  # the name torch reports last
+                  keep=("name",), whole=("memory", "cuBLAS", "~context"),
+                  caption=f"default {specs.DEFAULT_GPU}; sm: compute capability; cuBLAS: its workspace; "
+                          "~context: typical CUDA context with lazy loading (varies with the driver); "
+                          "SDPA: which kernel CUDA tries first")
     for g in specs.GPUS.values():
         order = "cudnn first" if g.prefers_cudnn_sdpa else "flash first"
-        t.add_row(g.name, g.label, g.compute_capability, format_bytes(g.memory_bytes),
-                  format_bytes(g.cublas_workspace_bytes), format_bytes(g.context_bytes), order)
+        t.add_row(g.name, g.compute_capability, format_bytes(g.memory_bytes), format_bytes(g.cublas_workspace_bytes),
+                  format_bytes(g.context_bytes), order, g.label)
     return t
 
 
@@ -77,25 +90,26 @@ def _trainable_table(model: str) -> Table:
 
     from .. import methods
     from ..errors import UserError
-    from ..runner import build, build_device
+    from ..runner import build
+    from ..spec import RunSpec
 
-    table = Table(title=f"what each method trains on {model} (built on meta; config with family defaults)")
-    for col in ("method", "trainable params", "trainable tensors", "config"):
-        table.add_column(col, overflow="fold")
+    # the config each method is built with is the methods table's options column: not repeated here
+    table = fmt_table(f"what each method trains on {model} (built on meta, with the options above)",
+                      [("method", "left"), ("trainable params", "right"), ("trainable tensors", "left")],
+                      keep=("method",))
     for name in methods.names():
         try:
-            with build_device("fake"), warnings.catch_warnings():
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _, trained, _, _, cfg = build(model, name, device="fake")
+                trained = build(RunSpec(model=model, method=name, device="fake", target="cpu"), inputs=False).model
         except UserError as exc:
-            table.add_row(name, "-", f"not on {model}: {exc}", "-")
+            table.add_row(name, "-", f"not on {model}: {exc}")
             continue
         params = dict(trained.named_parameters())
         train = [n for n, p in params.items() if p.requires_grad]
         count = sum(params[n].numel() for n in train)
         total = sum(p.numel() for p in params.values())
-        config = _options_text(methods.get(name), cfg.to_dict())
-        table.add_row(name, f"{count:,} ({100 * count / total:.2f}%)", _which(train, len(params)), config)
+        table.add_row(name, f"{count:,} ({100 * count / total:.2f}%)", _which(train, len(params)))
     return table
 
 

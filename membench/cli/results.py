@@ -8,7 +8,7 @@ import typer
 
 from ..assignments import parse_filters
 from ..errors import UserError
-from ..paths import output_file
+from ..paths import make_parents, output_file
 from ..units import format_bytes
 from . import app
 from .format import console
@@ -43,12 +43,13 @@ def results(
     last: int = typer.Option(None, "--last", help="only the N most recent runs"),
 ) -> None:
     """List runs in a table (newest last). `membench results export --format csv` writes them out."""
-    if ctx.invoked_subcommand is not None:
+    if last is not None and last <= 0:
+        raise UserError(f"--last must be a positive number of runs, got {last}")
+    if ctx.invoked_subcommand is not None:  # `results --db X --filter F export`: the export reads X, F
+        ctx.obj = {"db": db, "filter": filter_ or [], "last": last}
         return
     path, df, _ = _load(db, filter_)
     if last is not None:
-        if last <= 0:
-            raise UserError(f"--last must be a positive number of runs, got {last}")
         df = df.tail(last)
     if df.empty:
         console.print(f"no runs match in {path}")
@@ -71,21 +72,14 @@ def results(
             ("peak act.", lambda r: _hb(r["peak_activation_bytes"])),
             ("est. peak", lambda r: _hb(r["estimated_peak_bytes"]))]
     cols += [(c, lambda r, c=c: txt(round(r[c], 4) if r[c] == r[c] else None)) for c in metric_cols]
-    cols.append(("created (UTC)", lambda r: r["created_at"].strftime("%m-%d %H:%M:%S")
+    cols.append(("created (UTC)", lambda r: r["created_at"].strftime("%m-%d %H:%M")
                  if r["created_at"] == r["created_at"] else "-"))
-    same = {"kind": "kind", "model": "model", "method": "method", "dtype": "dtype", "device": "device",
-            "seq": "seq_len", "batch": "batch_size"}
-    title = [f"{len(df)} run(s) in {path}"]
-    if len(df) > 1:
-        for header, col in same.items():
-            values = df[col].astype("string").fillna("-").unique()
-            if len(values) == 1:
-                title.append(f"{header} {values[0]}")
-                cols = [c for c in cols if c[0] != header]
-    keep = {h: int(df[col].astype("string").fillna("-").str.len().max()) for h, col in
-            (("model", "model"), ("method", "method")) if h in {c[0] for c in cols}}
-    table = fmt_table(" · ".join(title), [(h, "right" if h in ("id", "batch", "seq") else "left") for h, _ in cols],
-                      keep=keep)
+    numbers = [h for h, _ in cols if h not in ("kind", "status", "model", "method", "dtype", "device")]
+    # config columns that are the same on every row are said once, in the title
+    table = fmt_table(f"{len(df)} run(s) in {path}",
+                      [(h, "right" if h in ("id", "batch", "seq") else "left") for h, _ in cols],
+                      keep=("id", "model", "method"), whole=numbers,
+                      constant=("kind", "model", "method", "dtype", "device", "seq", "batch"))
     for row in df.itertuples(index=False):
         r = row._asdict()
         table.add_row(*(cell(r) for _, cell in cols))
@@ -101,13 +95,22 @@ def _hb(v) -> str:
 
 @results_app.command("export")
 def export(
+    ctx: typer.Context,
     fmt: str = typer.Option("csv", "--format", help="csv, parquet or json"),
     out: Path = typer.Option(None, "--out", "-o", help="output file (default membench-runs.<format>)"),
     db: Path = typer.Option(None, "--db", help=DB_HELP),
     filter_: list[str] = typer.Option(None, "--filter", "-f", help=FILTER_HELP),
     layers: bool = typer.Option(False, "--layers", help="also write the per-layer table next to it (*-layers.*)"),
 ) -> None:
-    """Write the runs (one row each, typed columns) to CSV, Parquet or JSON."""
+    """Write the runs (one row each, typed columns) to CSV, Parquet or JSON.
+
+    `membench results --db X --filter F --last N export` exports what `membench results --db X --filter F
+    --last N` lists; the export's own --filter adds to the group's."""
+    group = ctx.obj or {}
+    if db is not None and group.get("db") is not None and db != group["db"]:
+        raise UserError(f"two databases: `results --db {group['db']}` and `export --db {db}`; give one")
+    db = db if db is not None else group.get("db")
+    filter_ = [*group.get("filter", []), *(filter_ or [])]
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
     out = output_file(out or Path(f"membench-runs.{fmt}"), "--out")
@@ -117,6 +120,10 @@ def export(
         except ImportError:
             raise UserError("--format parquet needs pyarrow: pip install pyarrow") from None
     path, df, lay = _load(db, filter_, layers=layers)
+    if group.get("last") is not None:
+        df = df.tail(group["last"])
+        if lay is not None:
+            lay = lay[lay["run_id"].isin(list(df["run_id"]))].reset_index(drop=True)
     written = [_write(df, out, fmt)]
     if lay is not None:
         written.append(_write(lay, out.with_name(f"{out.stem}-layers{out.suffix}"), fmt))
@@ -128,7 +135,7 @@ def _write(df, path: Path, fmt: str) -> Path:
     import os
     import tempfile
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=make_parents(path).parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         if fmt == "csv":

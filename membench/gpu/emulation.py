@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,21 @@ def _expand_gqa(q, k, v, enable_gqa):
         rep = q.shape[1] // k.shape[1]
         return k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
     return k, v
+
+
+@dataclass(frozen=True)
+class _Attention:
+    """One scaled_dot_product_attention call, as the kernel CUDA picked for it takes it."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    mask: torch.Tensor | None
+    dropout_p: float
+    causal: bool
+    scale: float | None
+    gqa: bool  # enable_gqa
+    grad: bool  # the call needs its backward (SdpaCall.requires_grad)
 
 
 class _LayerNormFp32Stats(torch.autograd.Function):
@@ -185,59 +201,64 @@ class CudaRouting(TorchFunctionMode):
         if "." not in self.phase:  # "forward.2" etc.: a later step runs the same calls again
             self.choices[backend] += 1
         run = {"flash": self._flash, "efficient": self._efficient, "cudnn": self._cudnn, "math": self._math}[backend]
-        return run(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, call.requires_grad)
+        return run(_Attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                              call.requires_grad))
 
-    def _flash(self, q, k, v, mask, p, causal, scale, gqa, grad):
+    def _flash(self, a: _Attention):
+        q, k, v = a.q, a.k, a.v
         head = q.shape[-1]
-        scale = 1.0 / math.sqrt(head) if scale is None else scale  # of the head dim before padding
+        scale = 1.0 / math.sqrt(head) if a.scale is None else a.scale  # of the head dim before padding
         pad = (8 - head % 8) % 8
         if pad:
             q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
-        out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, p, causal, False, scale=scale)[0]
+        out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, a.dropout_p, a.causal, False,
+                                                                 scale=scale)[0]
         return out[..., :head] if pad else out
 
-    def _efficient(self, q, k, v, mask, p, causal, scale, gqa, grad):
-        mask = _additive_mask(mask, q.dtype)
+    def _efficient(self, a: _Attention):
+        q = a.q
+        mask = _additive_mask(a.mask, q.dtype)
         if mask is not None:  # expand to [B, H, L, S]; pad the last dim to a multiple of 16, then slice
-            mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+            mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], a.k.shape[2])
             last = mask.shape[-1]
             if last % 16:
                 mask = F.pad(mask, (0, 16 - last % 16))[..., :last]
             elif any(s % 16 for s in mask.stride()[:3]):
                 mask = mask.contiguous()
-        k, v = _expand_gqa(q, k, v, gqa)
+        k, v = _expand_gqa(q, a.k, a.v, a.gqa)
         out, _lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
-            q, k, v, mask, grad, p, causal, scale=scale)
+            q, k, v, mask, a.grad, a.dropout_p, a.causal, scale=a.scale)
         if self.live is not None:  # CPU scalars on a real GPU (outside graph capture)
             for t in (seed, offset):
                 self.live.mark_host(t)
         return out
 
-    def _cudnn(self, q, k, v, mask, p, causal, scale, gqa, grad):
-        mask = _additive_mask(mask, q.dtype)
-        return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, mask, grad, p, causal, False,
-                                                                   scale=scale)[0]
+    def _cudnn(self, a: _Attention):
+        mask = _additive_mask(a.mask, a.q.dtype)
+        return torch.ops.aten._scaled_dot_product_cudnn_attention(a.q, a.k, a.v, mask, a.grad, a.dropout_p, a.causal,
+                                                                   False, scale=a.scale)[0]
 
-    def _math(self, q, k, v, mask, p, causal, scale, gqa, grad):
+    def _math(self, a: _Attention):
         """The math composite (aten `_scaled_dot_product_attention_math`) op for op, its dropout routed."""
+        q, k, v = a.q, a.k, a.v
         orig = q.dtype
         allow_reduced = getattr(torch.backends.cuda, "fp16_bf16_reduction_math_sdp_allowed", lambda: False)()
         upcast = orig in _REDUCED and not allow_reduced
-        mask = _additive_mask(mask, orig)
+        mask = _additive_mask(a.mask, orig)
         if upcast:
             q, k, v = q.float(), k.float(), v.float()
-        k, v = _expand_gqa(q, k, v, gqa)
-        factor = math.sqrt(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+        k, v = _expand_gqa(q, k, v, a.gqa)
+        factor = math.sqrt(1.0 / math.sqrt(q.shape[-1]) if a.scale is None else a.scale)
         qs = q * factor
-        if causal:
+        if a.causal:
             tri = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
             mask = _additive_mask(tri, q.dtype)
         attn = torch.matmul(qs, k.transpose(-2, -1) * factor)
         if mask is not None:
             attn.add_(mask)
         attn = torch.ops.aten._safe_softmax(attn, -1) if hasattr(torch.ops.aten, "_safe_softmax") else attn.softmax(-1)
-        if p > 0.0:
-            attn = self.dropout(attn, p, True)
+        if a.dropout_p > 0.0:
+            attn = self.dropout(attn, a.dropout_p, True)
         if upcast:
             attn.to(orig)  # the composite also returns the weights in the input dtype; SDPA drops them
         out = torch.matmul(attn, v)

@@ -15,6 +15,7 @@ they are marked approximate wherever they are used.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -39,6 +40,7 @@ class GpuSpec:
     memory_bytes: int  # total memory as nvidia-smi reports it
     context_bytes: int  # typical CUDA context (approximate)
     prefers_cudnn_sdpa: bool = False  # torch >= 2.9 with cuDNN >= 9.15 puts cuDNN attention first (sm90/sm100)
+    pattern: str = ""  # a regular expression that finds this model in torch.cuda.get_device_name(), lowercased
 
     @property
     def compute_capability(self) -> str:
@@ -48,6 +50,10 @@ class GpuSpec:
     def cublas_workspace_bytes(self) -> int:
         return cublas_workspace_bytes(self.major, self.minor)
 
+    def names_device(self, device_name: str) -> bool:
+        """Whether a real device's name (`torch.cuda.get_device_name()`) is this model's (of any size)."""
+        return bool(self.pattern) and re.search(self.pattern, device_name.lower()) is not None
+
     def to_dict(self) -> dict:
         return {"name": self.name, "label": self.label, "compute_capability": self.compute_capability,
                 "memory_bytes": self.memory_bytes, "context_bytes": self.context_bytes,
@@ -55,24 +61,28 @@ class GpuSpec:
                 "prefers_cudnn_sdpa": self.prefers_cudnn_sdpa}
 
 
-def _gpu(name, label, cc, memory_mib, context_mib, cudnn=False) -> GpuSpec:
+def _gpu(name, label, pattern, cc, memory_mib, context_mib, cudnn=False) -> GpuSpec:
     major, minor = cc
-    return GpuSpec(name, label, major, minor, memory_mib * MiB, context_mib * MiB, cudnn)
+    return GpuSpec(name, label, major, minor, memory_mib * MiB, context_mib * MiB, cudnn, pattern)
 
 
+# One row per GPU. `pattern` finds the model in a real device's name (a measured run's spec is the row it
+# finds); rows of one model in several sizes share it, and the device's memory picks the row. Whole words
+# only: "l4" is not the L40S, "a10g" not the A100.
 GPUS: dict[str, GpuSpec] = {g.name: g for g in (
-    _gpu("v100-32gb", "Tesla V100-SXM2-32GB", (7, 0), 32_768, 310),
-    _gpu("a10g-24gb", "NVIDIA A10G", (8, 6), 23_028, 380),
-    _gpu("rtx3090-24gb", "NVIDIA GeForce RTX 3090", (8, 6), 24_576, 350),
-    _gpu("rtx4090-24gb", "NVIDIA GeForce RTX 4090", (8, 9), 24_564, 380),
-    _gpu("l4-24gb", "NVIDIA L4", (8, 9), 23_034, 380),
-    _gpu("a6000-48gb", "NVIDIA RTX A6000", (8, 6), 49_140, 380),
-    _gpu("a100-40gb", "NVIDIA A100-SXM4-40GB", (8, 0), 40_960, 420),
-    _gpu("a100-80gb", "NVIDIA A100-SXM4-80GB", (8, 0), 81_920, 420),
-    _gpu("h100-80gb", "NVIDIA H100 80GB HBM3", (9, 0), 81_559, 520, cudnn=True),
-    _gpu("h200-141gb", "NVIDIA H200", (9, 0), 143_771, 520, cudnn=True),
+    _gpu("v100-32gb", "Tesla V100-SXM2-32GB", r"\bv100s?\b", (7, 0), 32_768, 310),
+    _gpu("a10g-24gb", "NVIDIA A10G", r"\ba10g\b", (8, 6), 23_028, 380),
+    _gpu("rtx3090-24gb", "NVIDIA GeForce RTX 3090", r"\brtx ?3090\b", (8, 6), 24_576, 350),
+    _gpu("rtx4090-24gb", "NVIDIA GeForce RTX 4090", r"\brtx ?4090\b", (8, 9), 24_564, 380),
+    _gpu("l4-24gb", "NVIDIA L4", r"\bl4\b", (8, 9), 23_034, 380),
+    _gpu("a6000-48gb", "NVIDIA RTX A6000", r"\ba6000\b", (8, 6), 49_140, 380),
+    _gpu("a100-40gb", "NVIDIA A100-SXM4-40GB", r"\ba100\b", (8, 0), 40_960, 420),
+    _gpu("a100-80gb", "NVIDIA A100-SXM4-80GB", r"\ba100\b", (8, 0), 81_920, 420),
+    _gpu("h100-80gb", "NVIDIA H100 80GB HBM3", r"\bh100\b", (9, 0), 81_559, 520, cudnn=True),
+    _gpu("h200-141gb", "NVIDIA H200", r"\bh200\b", (9, 0), 143_771, 520, cudnn=True),
 )}
 DEFAULT_GPU = "a100-80gb"
+UNKNOWN_GPU_CONTEXT = 512 * MiB  # a measured GPU the table lacks: a typical context, until NVML measures it
 
 
 def names() -> list[str]:
@@ -89,18 +99,15 @@ def get(name: str | GpuSpec) -> GpuSpec:
     return GPUS[key]
 
 
-def match_device_name(device_name: str, memory_bytes: int | None = None) -> GpuSpec | None:
+def match_device_name(device_name: str, memory_bytes: int | None = None,
+                      capability: tuple[int, int] | None = None) -> GpuSpec | None:
     """The table entry for a real device (`torch.cuda.get_device_name()`), or None.
 
-    Matched on the model in the name (A100, H100...) and, where a model comes in
-    several sizes, the closest memory."""
-    low = device_name.lower().replace(" ", "").replace("-", "")
-    tags = {"v100": "v100", "a10g": "a10g", "3090": "rtx3090", "4090": "rtx4090", "l4": "l4", "a6000": "a6000",
-            "a100": "a100", "h100": "h100", "h200": "h200"}
-    family = next((tag for key, tag in tags.items() if key in low and not (key == "l4" and "l40" in low)), None)
-    if family is None:
-        return None
-    cands = [g for g in GPUS.values() if g.name.replace("-", "").startswith(family)]
+    The rows whose `pattern` finds the device's model; of those, the ones of its compute capability
+    (when given), and where a model comes in several sizes the closest memory (none given: the
+    largest row, the table's last)."""
+    cands = [g for g in GPUS.values() if g.names_device(device_name)
+             and (capability is None or (g.major, g.minor) == tuple(capability))]
     if not cands:
         return None
     if memory_bytes is None:

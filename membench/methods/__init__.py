@@ -36,21 +36,23 @@ def get(name: str) -> Method:
     return _REGISTRY[name]
 
 
-def resolve(spec: str) -> tuple[Method, list[Method]]:
-    """'lora+ckpt' -> (lora, [ckpt]); every part must be registered, modifiers after the method."""
-    parts = [p.strip() for p in str(spec).split("+")]
-    if not parts or not parts[0]:
-        raise UserError(f"empty method name; known methods: {', '.join(names())}")
-    method = get(parts[0])
+def resolve(spec) -> tuple[Method, list[Method]]:
+    """'lora+ckpt' (or its MethodSpec) -> (lora, [ckpt]); every part registered, a method then modifiers (in
+    the canonical order MethodSpec parses them into)."""
+    from ..spec import MethodSpec
+
+    try:
+        parsed = MethodSpec.parse(spec)
+    except UserError as exc:
+        raise UserError(f"{exc}; known methods: {', '.join(names())}") from None
+    method = get(parsed.base)
     if method.is_modifier:
-        raise UserError(f"{parts[0]!r} is a modifier; write it after a method, e.g. full+{parts[0]}")
+        raise UserError(f"{parsed.base!r} is a modifier; write it after a method, e.g. full+{parsed.base}")
     mods = []
-    for p in parts[1:]:
+    for p in parsed.modifiers:
         m = get(p)
         if not m.is_modifier:
             raise UserError(f"{p!r} is a method, not a modifier; modifiers: {', '.join(modifier_names()) or 'none'}")
-        if m in mods:
-            raise UserError(f"modifier {p!r} is given twice in {spec!r}")
         mods.append(m)
     return method, mods
 
@@ -90,6 +92,7 @@ def options_dict(cfg, modifier_cfgs) -> dict:
 
 
 _LOADED = False
+_INTERFACE = ("base", "trainable")  # modules of the interface, not methods
 
 
 def _load() -> None:
@@ -107,8 +110,8 @@ def _load() -> None:
     import os
     import pkgutil
 
-    for info in pkgutil.iter_modules(__path__):  # shared helpers are `_`-prefixed; `base` is the interface
-        if not info.name.startswith("_") and info.name != "base":
+    for info in pkgutil.iter_modules(__path__):  # shared helpers are `_`-prefixed; `base`, `trainable`: the interface
+        if not info.name.startswith("_") and info.name not in _INTERFACE:
             importlib.import_module(f"{__name__}.{info.name}")
     for mod in filter(None, (m.strip() for m in os.environ.get("MEMBENCH_PLUGINS", "").split(","))):
         try:

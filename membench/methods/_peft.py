@@ -8,10 +8,10 @@ def peft_task_type(family) -> str:
     return {"causal-lm": "CAUSAL_LM", "seq2seq-lm": "SEQ_2_SEQ_LM"}.get(family.task, "SEQ_CLS")
 
 
-def default_targets(family, own: tuple[str, ...], mapping: str) -> list[str]:
-    """The one target rule of every peft method: the family's own list wins (what its modules are called
-    in the installed transformers); peft's `mapping` (a name in peft.utils.constants) for the family's
-    model type fills in when the family names none."""
+def default_targets(family, roles: tuple[str, ...], mapping: str) -> list[str]:
+    """The one target rule of every peft method: the modules playing `roles` in the family (`Family.roles`,
+    as the installed transformers names them); peft's `mapping` (a name in peft.utils.constants) for the
+    family's model type fills in when the family names none of them."""
     from peft.utils import constants
 
-    return list(own) or list(getattr(constants, mapping).get(family.model_types[0], []))
+    return family.module_names(roles) or list(getattr(constants, mapping).get(family.model_types[0], []))

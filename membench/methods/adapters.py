@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from . import register
-from ._heads import train_task_head
-from .base import Method, MethodConfig
+from .base import Method, MethodConfig, require_fraction, require_non_negative, require_positive_int
+from .trainable import among, either, nothing, task_head
 
 
 def neighbour(module):
@@ -57,6 +57,13 @@ class AdapterOptions(MethodConfig):
     std: float = 0.02
     train_head: bool = True  # classification backbones: train the new task head
 
+    def check(self, method):
+        require_positive_int(method, "r", self.r, "the bottleneck width")
+        require_fraction(method, "dropout", self.dropout)
+        require_non_negative(method, "std", self.std)  # the normal init's standard deviation
+        if self.init not in ("zero", "normal"):
+            raise UserError(f"option {method}.init={self.init!r}: allowed: zero, normal", field=("option", "init"))
+
 
 class _BottleneckAdapters(Method):
     sites: tuple[str, ...] = ()  # family hook points: "attn_out", "ffn_out"
@@ -65,32 +72,32 @@ class _BottleneckAdapters(Method):
     def apply(self, model, family, cfg: AdapterOptions):
         from transformers.activations import ACT2FN
 
-        from ._bottleneck import Bottleneck
+        from ._bottleneck import Bottleneck, BottleneckShape
 
-        if cfg.r <= 0:
-            raise UserError(f"option {self.name}.r={cfg.r}: the bottleneck width must be a positive integer")
-        if cfg.init not in ("zero", "normal"):
-            raise UserError(f"option {self.name}.init={cfg.init!r}: allowed: zero, normal")
         if cfg.activation not in ACT2FN:
             raise UserError(f"option {self.name}.activation={cfg.activation!r}: allowed: "
                             + ", ".join(sorted(ACT2FN)))
-        if not 0.0 <= cfg.dropout < 1.0:
-            raise UserError(f"option {self.name}.dropout={cfg.dropout}: must be in [0, 1)")
         d = family.hidden_size(model.config)
-        for p in model.parameters():
-            p.requires_grad_(False)
+        shape = BottleneckShape(cfg.r, cfg.activation, cfg.dropout, cfg.init, cfg.std, residual=True)
         for layers in family.stacks(model).values():
             for layer in layers:
                 for site in self.sites:
                     target = getattr(family, site)(layer)
                     device, dtype = neighbour(target)
-                    adapter = Bottleneck(d, cfg.r, activation=cfg.activation, dropout=cfg.dropout, residual=True,
-                                         init=cfg.init, std=cfg.std, device=device, dtype=dtype)
-                    layer.add_module(f"{self.name}_{site.split('_')[0]}", adapter)
+                    adapter = Bottleneck(d, shape, device=device, dtype=dtype)
+                    layer.add_module(self._adapter_name(site), adapter)
                     target.register_forward_hook(AdapterHook(adapter))
-        if cfg.train_head:
-            train_task_head(model, family)
         return model
+
+    def trainable(self, model, family, cfg: AdapterOptions):
+        adapters = [getattr(layer, self._adapter_name(site)) for layers in family.stacks(model).values()
+                    for layer in layers for site in self.sites]
+        head = task_head(model, family) if cfg.train_head else nothing
+        return either(among(p for adapter in adapters for p in adapter.parameters()), head)
+
+    def _adapter_name(self, site: str) -> str:
+        """Where the adapter of a hook point lives on its layer: houlsby_attn, houlsby_ffn, pfeiffer_ffn."""
+        return f"{self.name}_{site.split('_')[0]}"
 
 
 @register

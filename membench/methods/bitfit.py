@@ -2,8 +2,8 @@
 
 Every parameter named `*.bias` trains (attention, FFN and LayerNorm biases);
 for classification backbones the new task head trains too. Backbones without
-biases (Llama: `attention_bias`, `mlp_bias` are false) have nothing to train:
-that is an error, not a silent run of the head alone.
+biases (Llama: `attention_bias`, `mlp_bias` are false; `Family.bias_switches`)
+have nothing to train: that is an error, not a silent run of the head alone.
 """
 
 from __future__ import annotations
@@ -12,14 +12,26 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from . import register
-from ._heads import train_task_head
 from .base import Method, MethodConfig
+from .trainable import among, either, nothing, task_head
 
 
 @dataclass
 class BitFitOptions(MethodConfig):
     norms: bool = True  # LayerNorm biases train too (the BitFit paper trains every bias)
     train_head: bool = True  # classification backbones: train the new task head
+
+
+def _is_norm(module) -> bool:
+    from torch import nn
+
+    return isinstance(module, nn.LayerNorm) or "norm" in type(module).__name__.lower()
+
+
+def biases(model, norms: bool) -> list:
+    """The model's bias terms (a normalisation's too, if `norms`)."""
+    return [p for mod in model.modules() if norms or not _is_norm(mod)
+            for name, p in mod.named_parameters(recurse=False) if name == "bias"]
 
 
 @register
@@ -29,20 +41,11 @@ class BitFit(Method):
     Config = BitFitOptions
 
     def apply(self, model, family, cfg: BitFitOptions):
-        from torch import nn
-
-        norm_types = (nn.LayerNorm,)
-        biases = 0
-        for mod in model.modules():
-            is_norm = isinstance(mod, norm_types) or "norm" in type(mod).__name__.lower()
-            for name, p in mod.named_parameters(recurse=False):
-                train = name == "bias" and (cfg.norms or not is_norm)
-                p.requires_grad_(train)
-                biases += train
-        if not biases:
+        if not biases(model, cfg.norms):
+            switches = " ".join(f"--override {key}=true" for key in family.bias_switches)
             raise UserError(f"bitfit: {family.name} has no bias terms to train; pick another method"
-                            + (" or build it with biases (--override attention_bias=true --override mlp_bias=true)"
-                               if family.name == "llama" else ""))
-        if cfg.train_head:
-            train_task_head(model, family)
+                            + (f" or build it with biases ({switches})" if switches else ""))
         return model
+
+    def trainable(self, model, family, cfg: BitFitOptions):
+        return either(among(biases(model, cfg.norms)), task_head(model, family) if cfg.train_head else nothing)

@@ -27,12 +27,13 @@ mode, or without labels, the original forward runs.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
 from ..errors import UserError
 from . import register
-from .base import Method, MethodConfig, unwrap_peft
+from .base import Method, MethodConfig, bad_option, unwrap_peft
 
 IGNORE = -100
 CHUNK_BYTES = 64 * 2**20  # one chunk's fp32 logits, by default
@@ -41,6 +42,11 @@ CHUNK_BYTES = 64 * 2**20  # one chunk's fp32 logits, by default
 @dataclass
 class ChunkLossOptions(MethodConfig):
     chunk: int | None = None  # tokens per chunk; default: one chunk's fp32 logits near 64 MiB
+
+    def check(self, method):
+        chunk = self.chunk  # (None: chosen from the vocabulary when the model is built)
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0):
+            raise bad_option(method, "chunk", chunk, "expected a positive number of tokens")
 
 
 def default_chunk(vocab_size: int) -> int:
@@ -150,7 +156,9 @@ def install(lm, chunk: int, seq2seq: bool) -> None:
                                shift=not seq2seq, chunk=chunk)
         return _output(seq2seq)(loss=loss, logits=None)
 
-    lm.forward = forward
+    # the wrapper keeps the original's signature (inspect follows __wrapped__): callers that read it to
+    # decide what to pass (a cache argument, a Trainer's input columns) see the model's own parameters
+    lm.forward = functools.wraps(original)(forward)
     lm._membench_chunkloss = chunk
 
 
@@ -171,8 +179,6 @@ class ChunkLoss(Method):
         if family.task not in ("causal-lm", "seq2seq-lm"):
             raise UserError(f"+chunkloss replaces a language-model head; {family.name} models here have a "
                             f"{family.task} head")
-        if cfg.chunk is not None and (isinstance(cfg.chunk, bool) or not isinstance(cfg.chunk, int) or cfg.chunk <= 0):
-            raise UserError(f"option chunkloss.chunk={cfg.chunk!r}: expected a positive number of tokens")
         lm = unwrap_peft(model)
         if getattr(lm, "_membench_chunkloss", None) is not None:
             raise UserError("+chunkloss is given twice")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import register
+from . import register, trainable
 from .base import Method
 
 
@@ -12,6 +12,7 @@ class Full(Method):
     summary = "full fine-tuning: every parameter trains"
 
     def apply(self, model, family, cfg):
-        for p in model.parameters():
-            p.requires_grad_(True)
         return model
+
+    def trainable(self, model, family, cfg):
+        return trainable.everything

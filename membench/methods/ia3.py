@@ -1,10 +1,10 @@
 """(IA)^3 through peft (Liu et al. 2022): learned vectors rescale keys, values and the FFN activation.
 
-Targets default to the family's `ia3_targets` / `ia3_feedforward` (the paper's
-k, v and FFN-intermediate scaling; for a feed-forward target peft scales the
-module's *input*), falling back to peft's own mapping. The vectors start at 1,
-so the starting point is exactly the base model's. The base is frozen; peft
-trains a classification head (`modules_to_save`).
+Targets default to the modules playing the key, value and ffn_down roles in the
+family (`Family.roles`; the paper's k, v and FFN-intermediate scaling: for a
+feed-forward target peft scales the module's *input*), falling back to peft's own
+mapping. The vectors start at 1, so the starting point is exactly the base model's.
+The base is frozen; peft trains a classification head (`modules_to_save`).
 
 On a bf16/fp16 model peft keeps the vectors in fp32 (`autocast_adapter_dtype`,
 its default), so each scaled activation is promoted to fp32 and saved at twice
@@ -20,6 +20,7 @@ from ..errors import UserError
 from . import register
 from ._peft import default_targets, peft_task_type
 from .base import Method, MethodConfig
+from .trainable import marked
 
 
 @dataclass
@@ -34,11 +35,13 @@ class IA3(Method):
     name = "ia3"
     summary = "(IA)^3 (peft): learned rescaling of keys, values and FFN activations, base frozen"
     Config = IA3Options
+    target_roles = ("key", "value", "ffn_down")  # rescaled (Family.roles); ffn_down: its input, the activation
+    feedforward_roles = ("ffn_down",)
 
     def defaults(self, family):
-        return {"target_modules": default_targets(family, family.ia3_targets,
+        return {"target_modules": default_targets(family, self.target_roles,
                                                   "TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING"),
-                "feedforward_modules": default_targets(family, family.ia3_feedforward,
+                "feedforward_modules": default_targets(family, self.feedforward_roles,
                                                        "TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING")}
 
     def apply(self, model, family, cfg: IA3Options):
@@ -59,3 +62,6 @@ class IA3(Method):
             return get_peft_model(model, config, autocast_adapter_dtype=cfg.autocast_adapter_dtype)
         except ValueError as exc:
             raise UserError(f"ia3 on {family.name}: {str(exc).splitlines()[0]}") from None
+
+    def trainable(self, model, family, cfg):
+        return marked(model)  # what peft marks: the scaling vectors, and a classifier's head (modules_to_save)

@@ -43,7 +43,9 @@ class CudaAllocatorStats:
 
     def __exit__(self, *exc) -> None:
         if self.snapshot_path:
-            torch.cuda.memory._dump_snapshot(self.snapshot_path)
+            from ..paths import make_parents
+
+            torch.cuda.memory._dump_snapshot(str(make_parents(self.snapshot_path)))
             torch.cuda.memory._record_memory_history(enabled=None)
 
     def summary(self) -> dict:

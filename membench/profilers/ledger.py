@@ -67,6 +67,7 @@ class SavedTensorLedger:
                  inputs: tuple[torch.Tensor, ...] = (), is_weight_copy=None):
         self.model = model
         self.phase = FORWARD
+        self.recording = True  # False: saves pass through uncounted (a step's later micro-steps)
         self._is_weight_copy = is_weight_copy
         self._names = {id(m): n or "<root>" for n, m in model.named_modules()}
         self._groups = {id(m): g for m, g in (groups or {}).items()}
@@ -106,6 +107,8 @@ class SavedTensorLedger:
         return t.detach()  # no reference cycle through grad_fn (torch's own advice)
 
     def _observe(self, t: torch.Tensor) -> None:
+        if not self.recording:  # (a later micro-step: the first one's saves are the figures)
+            return
         self.saves += 1
         st = t.untyped_storage()
         if st in self._skip:

@@ -1,6 +1,7 @@
 """Profile one training step (forward, backward, optimizer step) of any nn.Module.
 
-The profilers stack like this; each knows nothing of methods or backbones:
+The profilers stack like this; each knows nothing of methods or backbones (the default optimizer is
+membench.optimizers' own, a torch-free table):
 
     LiveMemoryTracker (dispatch mode: every storage, alloc -> free)
       SavedTensorLedger (saved-tensor + module hooks: bytes saved per module)
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import optimizers
+from ..gpu.predict import first_step_phase
 from .cuda import CudaAllocatorStats
 from .ledger import FORWARD, RECOMPUTE, LedgerReport, SavedTensorLedger
 from .live import LiveMemoryTracker
@@ -95,163 +98,232 @@ class StepProfile:
     loss_kind: str = ""  # LOSS_KINDS
 
 
-def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor, *,
+@dataclass
+class StepPlan:
+    """How a step runs: what a caller (membench.backends) chooses for the device and target it describes.
+
+    `optimizer`: params -> torch optimizer (default: membench.optimizers' default, AdamW as PyTorch runs
+    it on these tensors); its state counts as the step's optimizer memory. `modes`: context managers
+    entered innermost around the step; profile_step sets their `phase` attribute as the step moves on
+    and their `live` attribute to the live tracker, where they have one. `cuda`: read the CUDA
+    allocator per phase and NVML.
+    `host_device` and `host_state` tell the live tracker which storages live in host memory: those on
+    that device type, and the optimizer state tensors `host_state(optimizer)` names. `steps` > 1 runs
+    more training steps after the first (zero_grad, forward, backward, optimizer), seen only by the
+    live tracker, the CUDA statistics and the modes: what a training loop holds once the optimizer
+    state exists; their phases are "forward.2", "backward.2", ... Everything else describes the first
+    step. `micro_steps` > 1 accumulates gradients: each step runs that many forward and backward passes
+    (loss divided by their number, as a training loop does) before its optimizer step; the gradients of
+    the first stay allocated through the next ones, whose phases are "forward.m2", "backward.m2", ... (the
+    ledger describes the first micro-step: what one micro-batch saves). `progress(phase)` is called as each
+    phase begins."""
+
+    optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None
+    optimizer_name: str = ""
+    modes: Sequence[Any] = ()
+    cuda: bool = False
+    read_loss: bool = True
+    host_device: str | None = None
+    host_state: Callable[[torch.optim.Optimizer], Iterable[torch.Tensor]] | None = None
+    steps: int = 1
+    micro_steps: int = 1  # gradient accumulation: forward and backward passes per optimizer step
+    track_live: bool = True
+    snapshot_path: str | None = None
+    progress: Callable[[str], None] | None = None
+
+
+def profile_step(model: nn.Module, batch: dict[str, Any] | tuple | torch.Tensor, plan: StepPlan | None = None, *,
                  loss_fn: Callable[[Any], torch.Tensor] = default_loss,
-                 groups: dict[nn.Module, str] | None = None,
-                 optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
-                 cuda: bool = False, snapshot_path: str | None = None, track_live: bool = True,
-                 read_loss: bool = True, modes: Sequence[Any] = (), host_device: str | None = None,
-                 host_state: Callable[[torch.optim.Optimizer], Iterable[torch.Tensor]] | None = None,
-                 steps: int = 1) -> StepProfile:
-    """Run one step of `model` on `batch` under the profilers and return what they measured.
+                 groups: dict[nn.Module, str] | None = None) -> StepProfile:
+    """Run one step of `model` on `batch` under the profilers (as `plan` says) and return what they measured."""
+    return _Step(model, batch, plan or StepPlan(), loss_fn, groups).run()
 
-    `modes`: context managers entered innermost around the step; profile_step sets
-    their `phase` attribute as the step moves on and their `live` attribute to the
-    live tracker, where they have one. `host_device` and `host_state`
-    tell the live tracker which storages live in host memory: those on that device
-    type, and the optimizer state tensors `host_state(optimizer)` names.
 
-    `steps` > 1 runs more training steps after the first (zero_grad, forward, backward,
-    optimizer), seen only by the live tracker, the CUDA statistics and the modes: what a
-    training loop holds once the optimizer state exists. Their phases are "forward.2",
-    "backward.2", "optimizer.2"... Everything else describes the first step."""
-    params = [p for p in model.parameters()]
-    trainable = [p for p in params if p.requires_grad]
-    if not trainable:
-        raise ValueError("the model has no trainable parameter: nothing to fine-tune")
-    opt = (optimizer or (lambda ps: torch.optim.AdamW(ps, lr=1e-4)))(trainable)
-    inputs = _flatten_tensors(batch)
-    known = params + list(model.buffers()) + inputs
+@dataclass
+class _FirstStep:
+    """What the first step leaves for the summary."""
 
-    tracker = (LiveMemoryTracker(known, weights=params + list(model.buffers()), host_device=host_device)
-               if track_live else None)
-    ledger = SavedTensorLedger(model, groups, inputs=tuple(inputs),
-                               is_weight_copy=tracker.is_weight_copy if tracker else None)
-    cuda_stats = CudaAllocatorStats(snapshot_path=snapshot_path) if cuda else None
-    nvml = NvmlSampler() if cuda else None
+    state: list
+    grad_ids: set
+    grad_bytes: int
+    loss_kind: str
+    loss_value: float | None
+    live_end: int
 
-    ran: list[str] = []
 
-    def phase(name):
-        if name not in ran:
-            ran.append(name)
-        if tracker is not None:
-            tracker.phase = name
-        if nvml is not None:
-            nvml.phase = name
-        for m in modes:
-            if hasattr(m, "phase"):
-                m.phase = name
-        return cuda_stats.phase(name) if cuda_stats else contextlib.nullcontext()
+class _Step:
+    """One profiled step: the profilers around it, the first step measured, later steps for the allocator."""
 
-    model.train()
-    with contextlib.ExitStack() as stack:
-        if nvml is not None:
-            stack.enter_context(nvml)
-        if cuda_stats is not None:
-            stack.enter_context(cuda_stats)
-        if tracker is not None:
-            stack.enter_context(tracker)
-        for m in modes:
-            if hasattr(m, "live"):
-                m.live = tracker
-        with contextlib.ExitStack() as first:  # step 1: everything is measured, the ledger included
-            first.enter_context(ledger)
-            for m in modes:
+    def __init__(self, model, batch, plan: StepPlan, loss_fn, groups):
+        self.model, self.batch, self.plan, self.loss_fn = model, batch, plan, loss_fn
+        self.params = [p for p in model.parameters()]
+        self.trainable = [p for p in self.params if p.requires_grad]
+        if not self.trainable:
+            raise ValueError("the model has no trainable parameter: nothing to fine-tune")
+        self.opt = (plan.optimizer or _default_optimizer(self.trainable))(self.trainable)
+        self.inputs = _flatten_tensors(batch)
+        weights = self.params + list(model.buffers())
+        self.tracker = (LiveMemoryTracker(weights + self.inputs, weights=weights, host_device=plan.host_device)
+                        if plan.track_live else None)
+        self.ledger = SavedTensorLedger(model, groups, inputs=tuple(self.inputs),
+                                        is_weight_copy=self.tracker.is_weight_copy if self.tracker else None)
+        self.cuda_stats = CudaAllocatorStats(snapshot_path=plan.snapshot_path) if plan.cuda else None
+        self.nvml = NvmlSampler() if plan.cuda else None
+        self.ran: list[str] = []
+
+    def phase(self, name: str):
+        if self.plan.progress is not None:
+            self.plan.progress(name)
+        if name not in self.ran:
+            self.ran.append(name)
+        for watcher in (self.tracker, self.nvml, *self.plan.modes):
+            if watcher is not None and hasattr(watcher, "phase"):
+                watcher.phase = name
+        return self.cuda_stats.phase(name) if self.cuda_stats else contextlib.nullcontext()
+
+    def run(self) -> StepProfile:
+        self.model.train()
+        with contextlib.ExitStack() as stack:
+            for profiler in (self.nvml, self.cuda_stats, self.tracker):
+                if profiler is not None:
+                    stack.enter_context(profiler)
+            for m in self.plan.modes:
+                if hasattr(m, "live"):
+                    m.live = self.tracker
+            first = self._first()
+            for n in range(2, self.plan.steps + 1):  # later steps: the optimizer state exists from the start
+                self._later(n)
+            # what happens after this (the caller dropping the optimizer, zero_grad below) is not the step
+            first.live_end = self.tracker.event_count if self.tracker is not None else 0
+            if self.nvml is not None:  # every kernel of the step has run: the context is as large as it gets
+                torch.cuda.synchronize()
+                self.nvml.measure_context(torch.cuda.memory_reserved())
+        result = self._summarize(first)
+        self.opt.zero_grad(set_to_none=True)
+        return result
+
+    def _first(self) -> _FirstStep:
+        """Step 1: everything is measured, the ledger included."""
+        tracker, opt = self.tracker, self.opt
+        with contextlib.ExitStack() as first:
+            first.enter_context(self.ledger)
+            for m in self.plan.modes:
                 first.enter_context(m)
-            with phase("forward"):
-                out = _call(model, batch)
-                loss = loss_fn(out)
-                kind = loss_kind(out, loss_fn)
-            ledger.phase = RECOMPUTE
-            with phase("backward"):
+            with self.phase("forward"):
+                out = _call(self.model, self.batch)
+                loss = self._scaled(self.loss_fn(out))
+                kind = loss_kind(out, self.loss_fn)
+            self.ledger.phase = RECOMPUTE
+            with self.phase("backward"):
                 loss.backward()
-            grads = [p.grad for p in trainable if p.grad is not None]
-            with phase("optimizer"):
+            if self.plan.micro_steps > 1:
+                self.ledger.recording = False  # what one micro-batch saves is the first micro-step's
+                del out, loss  # a training loop drops a micro-step's outputs before the next one's forward
+                out, loss = self._accumulate()
+            grads = [p.grad for p in self.trainable if p.grad is not None]
+            with self.phase("optimizer"):
                 opt.step()
                 # a training loop drops the outputs (logits) before the next step: release them inside the
                 # phase, so that what stays allocated after it is weights, gradients and optimizer state
-                loss_value = float(loss.detach()) if read_loss else None
+                loss_value = float(loss.detach()) if self.plan.read_loss else None
                 del out, loss
         state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-        if tracker is not None and host_state is not None:
-            for t in host_state(opt):
+        if tracker is not None and self.plan.host_state is not None:
+            for t in self.plan.host_state(opt):
                 tracker.mark_host(t)
         grad_ids = {tracker.record_id(g) for g in grads} - {None} if tracker is not None else set()
         grad_bytes = _unique_bytes(grads)
         del grads  # later steps free them (zero_grad): hold no reference
-        for n in range(2, steps + 1):  # later steps: the optimizer state exists from the start (steady state)
-            _later_step(n, model, batch, loss_fn, opt, modes, phase)
-        # what happens after this (the caller dropping the optimizer, zero_grad below) is not the step
-        live_end = tracker.event_count if tracker is not None else 0
+        return _FirstStep(state, grad_ids, grad_bytes, kind, loss_value, 0)
 
-    result = _summarize(ledger, tracker, model, params, trainable, inputs, state, grad_ids, grad_bytes, kind,
-                        loss_value, cuda_stats, nvml, ran, live_end, opt)
-    opt.zero_grad(set_to_none=True)
-    return result
+    def _scaled(self, loss):
+        """The loss a micro-step backpropagates: divided by the micro-steps, as accumulation does."""
+        return loss / self.plan.micro_steps if self.plan.micro_steps > 1 else loss
+
+    def _accumulate(self, step: str = ""):
+        """Micro-steps 2..N of a step (`step`: "" for the first, ".2" for the second, ...): forward and backward
+        with the gradients so far allocated; returns the last one's output and loss (dropped after the step)."""
+        out = loss = None
+        for k in range(2, self.plan.micro_steps + 1):
+            del out, loss
+            with self.phase(f"forward{step}.m{k}"):
+                out = _call(self.model, self.batch)
+                loss = self._scaled(self.loss_fn(out))
+            with self.phase(f"backward{step}.m{k}"):
+                loss.backward()
+            if k < self.plan.micro_steps:
+                out = loss = None
+        return out, loss
+
+    def _later(self, n: int) -> None:
+        """Training step n > 1, seen by the live tracker, the CUDA statistics and the modes only."""
+        with contextlib.ExitStack() as later:
+            for m in self.plan.modes:
+                later.enter_context(m)
+            with self.phase(f"forward.{n}"):
+                self.opt.zero_grad(set_to_none=True)  # what a training loop does before each step
+                loss = self._scaled(self.loss_fn(_call(self.model, self.batch)))
+            with self.phase(f"backward.{n}"):
+                loss.backward()
+            if self.plan.micro_steps > 1:
+                del loss
+                _out, loss = self._accumulate(f".{n}")
+            with self.phase(f"optimizer.{n}"):
+                self.opt.step()
+                del loss
+
+    def _summarize(self, first: _FirstStep) -> StepProfile:
+        """What the profilers measured over the step, as one StepProfile (the first step's figures)."""
+        tracker, model, params = self.tracker, self.model, self.params
+        report = self.ledger.report()
+        opt_bytes = _unique_bytes(first.state)
+        param_bytes = _unique_bytes(params)
+        buffer_bytes = _unique_bytes(list(model.buffers()))
+        input_bytes = _unique_bytes(self.inputs)
+        if tracker is not None:
+            opt_ids = ({tracker.record_id(t) for t in first.state} - {None}) | tracker.host_ids
+            # activations + temporaries over forward and backward (the optimizer's own temporaries
+            # are in peak_by_phase["optimizer"] and in the step's estimated peak); first step only
+            first_step = [p for p in self.ran if first_step_phase(p)]  # its micro-steps too
+            act_peak = tracker.peak(exclude=first.grad_ids | opt_ids, phases=("forward", "backward"))
+            step_peak = tracker.peak(exclude=opt_ids, phases=first_step).bytes
+            by_phase = {k: v for k, v in tracker.peaks_by_phase(exclude=first.grad_ids | opt_ids).items()
+                        if k in first_step}
+            peak_bytes, peak_phase = act_peak.bytes, act_peak.phase
+        else:
+            peak_bytes, peak_phase, by_phase = report.total(FORWARD), "forward", {}
+            step_peak = peak_bytes + first.grad_bytes
+        return StepProfile(
+            ledger=report,
+            activation_bytes=report.total(FORWARD),
+            recompute_bytes=report.total(RECOMPUTE),
+            peak_activation_bytes=peak_bytes,
+            peak_phase=peak_phase,
+            peak_by_phase=by_phase,
+            estimated_peak_bytes=param_bytes + buffer_bytes + input_bytes + opt_bytes + step_peak,
+            param_bytes=param_bytes,
+            trainable_param_bytes=_unique_bytes(self.trainable),
+            buffer_bytes=buffer_bytes,
+            grad_bytes=first.grad_bytes,
+            optimizer_bytes=opt_bytes,
+            input_bytes=input_bytes,
+            num_params=sum(p.numel() for p in params),
+            num_trainable_params=sum(p.numel() for p in self.trainable),
+            loss=first.loss_value,
+            cuda=self.cuda_stats.summary() if self.cuda_stats else {},
+            nvml=self.nvml.summary() if self.nvml else {},
+            prestep_bytes=_storage_sizes([*params, *model.buffers(), *self.inputs]),
+            live=tracker,
+            phases=self.ran,
+            live_end=first.live_end,
+            optimizer_name=type(self.opt).__name__,
+            loss_kind=first.loss_kind,
+        )
 
 
-def _later_step(n: int, model, batch, loss_fn, opt, modes, phase) -> None:
-    """Training step n > 1, seen by the live tracker, the CUDA statistics and the modes only."""
-    with contextlib.ExitStack() as later:
-        for m in modes:
-            later.enter_context(m)
-        with phase(f"forward.{n}"):
-            opt.zero_grad(set_to_none=True)  # what a training loop does before each step
-            loss = loss_fn(_call(model, batch))
-        with phase(f"backward.{n}"):
-            loss.backward()
-        with phase(f"optimizer.{n}"):
-            opt.step()
-            del loss
-
-
-def _summarize(ledger, tracker, model, params, trainable, inputs, state, grad_ids, grad_bytes, kind, loss_value,
-               cuda_stats, nvml, ran, live_end, opt) -> StepProfile:
-    """What the profilers measured over the step, as one StepProfile (the first step's figures)."""
-    report = ledger.report()
-    opt_bytes = _unique_bytes(state)
-    param_bytes = _unique_bytes(params)
-    buffer_bytes = _unique_bytes(list(model.buffers()))
-    input_bytes = _unique_bytes(inputs)
-    if tracker is not None:
-        opt_ids = ({tracker.record_id(t) for t in state} - {None}) | tracker.host_ids
-        # activations + temporaries over forward and backward (the optimizer's own temporaries
-        # are in peak_by_phase["optimizer"] and in the step's estimated peak); first step only
-        first_step = ("forward", "backward", "optimizer")
-        act_peak = tracker.peak(exclude=grad_ids | opt_ids, phases=("forward", "backward"))
-        step_peak = tracker.peak(exclude=opt_ids, phases=first_step).bytes
-        by_phase = {k: v for k, v in tracker.peaks_by_phase(exclude=grad_ids | opt_ids).items() if k in first_step}
-        peak_bytes, peak_phase = act_peak.bytes, act_peak.phase
-    else:
-        peak_bytes, peak_phase, by_phase = report.total(FORWARD), "forward", {}
-        step_peak = peak_bytes + grad_bytes
-    return StepProfile(
-        ledger=report,
-        activation_bytes=report.total(FORWARD),
-        recompute_bytes=report.total(RECOMPUTE),
-        peak_activation_bytes=peak_bytes,
-        peak_phase=peak_phase,
-        peak_by_phase=by_phase,
-        estimated_peak_bytes=param_bytes + buffer_bytes + input_bytes + opt_bytes + step_peak,
-        param_bytes=param_bytes,
-        trainable_param_bytes=_unique_bytes(trainable),
-        buffer_bytes=buffer_bytes,
-        grad_bytes=grad_bytes,
-        optimizer_bytes=opt_bytes,
-        input_bytes=input_bytes,
-        num_params=sum(p.numel() for p in params),
-        num_trainable_params=sum(p.numel() for p in trainable),
-        loss=loss_value,
-        cuda=cuda_stats.summary() if cuda_stats else {},
-        nvml=nvml.summary() if nvml else {},
-        prestep_bytes=_storage_sizes([*params, *model.buffers(), *inputs]),
-        live=tracker,
-        phases=ran,
-        live_end=live_end,
-        optimizer_name=type(opt).__name__,
-        loss_kind=kind,
-    )
+def _default_optimizer(params) -> Callable:
+    """membench.optimizers' default as PyTorch runs it on these tensors: foreach on CUDA ones, else the for-loop."""
+    return optimizers.factory(optimizers.DEFAULT, "cuda" if params[0].is_cuda else "cpu")
 
 
 def _call(model, batch):
@@ -267,3 +339,4 @@ def _flatten_tensors(batch) -> list[torch.Tensor]:
         return [batch]
     values = batch.values() if isinstance(batch, dict) else batch
     return [t for t in values if isinstance(t, torch.Tensor)]
+

@@ -9,8 +9,6 @@ from typing import Any
 
 from ..errors import UserError
 
-FAKE_NAME = "fake tensors, no memory used"
-
 
 @dataclass
 class ReportData:
@@ -109,12 +107,6 @@ def _model_label(model, cfg: dict) -> str:
 
 def device_label(device: str, name: str, target: str = "", gpu: str = "") -> str:
     """What a run's figures describe: measured on a device, or predicted for a target (fake tensors)."""
-    if device == "fake":
-        if target == "cuda":
-            return f"predicted for CUDA {gpu} ({FAKE_NAME})"
-        if target == "cpu":
-            return f"predicted for CPU kernels ({FAKE_NAME})"
-        return f"fake ({FAKE_NAME})"  # runs stored before targets existed (schema < 3): CPU kernels
-    if name and name != device:
-        return f"{device} ({name})"
-    return device
+    from ..backends import describe
+
+    return describe(device, target, gpu, name=name, form="label")

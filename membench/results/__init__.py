@@ -1,6 +1,7 @@
 """The results database: runs of `membench run --db` and `membench sweep`, one SQLite file.
 
     from membench.results import load, load_layers, load_series, store_result
+    store_result("membench.db", RunRecord(result=result))  # membench.result.RunRecord: one run to store
     df = load("membench.db", status="ok")          # one row per run, typed columns
     layers = load_layers("membench.db")            # run_id, layer, idx, activation_bytes, recompute_bytes
 

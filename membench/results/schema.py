@@ -10,14 +10,18 @@ application, or a database written by a newer membench is refused with a
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-from ..errors import UserError
-from ..paths import output_file
+from ..errors import FaultError, UserError
+from ..gpu.predict import stored_columns
+from ..paths import make_parents, output_file
+from ..units import format_bytes
 
 APPLICATION_ID = 0x4D454D42  # 'MEMB'
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -87,20 +91,41 @@ def _v2(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _add_predicted_columns(conn: sqlite3.Connection, version: int) -> None:
+    """The predicted_<name> columns of the PredictedCuda fields that schema `version` added (their metadata)."""
+    for name in stored_columns(added_in=version):
+        conn.execute(f"ALTER TABLE runs ADD COLUMN predicted_{name} INTEGER")
+
+
 def _v3(conn: sqlite3.Connection) -> None:
     # v3: what the figures describe (target cpu | cuda, the GPU) and the allocator model's predictions.
     _script(conn, """
     ALTER TABLE runs ADD COLUMN target TEXT;
     ALTER TABLE runs ADD COLUMN gpu TEXT;
-    ALTER TABLE runs ADD COLUMN optimizer TEXT;
-    ALTER TABLE runs ADD COLUMN predicted_max_allocated_bytes INTEGER;
-    ALTER TABLE runs ADD COLUMN predicted_max_reserved_bytes INTEGER;
-    ALTER TABLE runs ADD COLUMN predicted_activation_bytes_paper INTEGER
+    ALTER TABLE runs ADD COLUMN optimizer TEXT
+    """)
+    _add_predicted_columns(conn, 3)
+
+
+def _v4(conn: sqlite3.Connection) -> None:
+    # v4: claims of runs in flight (membench.sweep.claims): which sweep (host, pid, token) runs which key,
+    # until when (lease_until, unix seconds; the owner renews it). Written by sweep drivers only.
+    _script(conn, """
+    CREATE TABLE claims (
+        key TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        token TEXT NOT NULL,
+        sweep TEXT,
+        lease_until REAL NOT NULL,
+        claimed_at TEXT NOT NULL
+    )
     """)
 
 
-# MIGRATIONS[i] takes a database from version i to version i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
+# MIGRATIONS[i] takes a database from version i to version i + 1. Append, never edit (a new PredictedCuda
+# column: its field says column=N, and migration N calls _add_predicted_columns(conn, N)).
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -113,10 +138,10 @@ def check_file(path: str | os.PathLike, *, must_exist: bool, writable: bool = Fa
     if not p.exists():
         if must_exist:
             raise UserError(f"no results database at {p} (run `membench sweep` or `membench run --db {p}` first)")
-        if not p.parent.exists():
-            raise UserError(f"results database {p}: folder {p.parent} does not exist")
-        if writable:
+        if writable:  # (missing folders above it are created when it is: paths.make_parents)
             output_file(p, "results database")
+        elif not p.parent.exists():
+            raise UserError(f"results database {p}: folder {p.parent} does not exist")
         return p
     try:
         with open(p, "rb") as f:
@@ -168,13 +193,54 @@ def migrate(conn: sqlite3.Connection, upto: int = SCHEMA_VERSION) -> int:
             conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already (it does on a full disk: a second
+    ROLLBACK would then raise "no transaction is active" over the real error)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def fault(path: str | os.PathLike, exc: sqlite3.Error) -> FaultError | None:
+    """The machine's failure behind a SQLite error, as one line (a full disk, a database locked for too
+    long, an I/O error, a read-only file); None when the error is not one of those."""
+    p = Path(path)
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    text = str(exc).lower()
+    if name == "SQLITE_FULL" or "disk is full" in text:
+        folder = p.resolve().parent
+        try:
+            free = f" ({format_bytes(shutil.disk_usage(folder).free)} free)"
+        except OSError:
+            free = ""
+        return FaultError(f"the disk holding {folder} is full{free}: cannot write results database {p}")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
+        return FaultError(f"results database {p} is locked: another process held it for over {BUSY_TIMEOUT_S:g} s")
+    if name.startswith("SQLITE_IOERR") or "disk i/o error" in text:
+        return FaultError(f"cannot write results database {p}: disk I/O error ({exc})")
+    if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+        return FaultError(f"cannot write results database {p}: the file or its folder is read-only")
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Writes to the database at `path` inside: a full disk, a lock or an I/O error -> FaultError (one line)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        found = fault(path, exc)
+        if found is None:
+            raise
+        raise found from None
 
 
 def connect(path: str | os.PathLike, *, create: bool = True, upto: int = SCHEMA_VERSION) -> sqlite3.Connection:
     """Open (and if needed create or migrate) a results database; autocommit mode, WAL."""
-    p = check_file(path, must_exist=not create, writable=True)
+    p = make_parents(check_file(path, must_exist=not create, writable=True))
     conn = _connect(p)
     try:
         version = _inspect(conn, p)
@@ -185,6 +251,9 @@ def connect(path: str | os.PathLike, *, create: bool = True, upto: int = SCHEMA_
             migrate(conn, upto)
     except sqlite3.DatabaseError as exc:
         conn.close()
+        found = fault(p, exc)
+        if found is not None:
+            raise found from None
         raise UserError(f"{p} is not a usable SQLite database ({exc})") from None
     except BaseException:
         conn.close()
@@ -206,15 +275,12 @@ def connect_read_only(path: str | os.PathLike) -> sqlite3.Connection:
 
     An older schema is migrated in a copy in memory; an empty file is an error."""
     p = check_file(path, must_exist=True)
-    # no write-ahead log beside it: nobody is writing, read the file as it is (SQLite then creates no
-    # -wal/-shm files either); else read through the log, read-only
-    mode = "mode=ro" if Path(f"{p}-wal").exists() else "immutable=1"
+    src = _open_read_only(p)
     try:
-        src = sqlite3.connect(f"file:{quote(str(p.resolve()))}?{mode}", uri=True, timeout=BUSY_TIMEOUT_S,
-                              isolation_level=None)
         version = _inspect(src, p)
-    except sqlite3.DatabaseError as exc:
-        raise UserError(f"cannot read results database {p} ({exc})") from None
+    except BaseException:
+        src.close()
+        raise
     if version == 0:
         src.close()
         raise UserError(f"{p} holds no membench results (an empty database); run `membench sweep` or "
@@ -230,10 +296,22 @@ def connect_read_only(path: str | os.PathLike) -> sqlite3.Connection:
     return mem
 
 
+def _open_read_only(p: Path) -> sqlite3.Connection:
+    """A connection that reads `p` and leaves nothing beside it. With no write-ahead log there, nobody is
+    writing: read the file as it is (immutable: SQLite creates no -wal/-shm files, which a plain read-only
+    open of a WAL database does, and leaves behind); else read through the log, read-only."""
+    mode = "mode=ro" if Path(f"{p}-wal").exists() else "immutable=1"
+    try:
+        return sqlite3.connect(f"file:{quote(str(p.resolve()))}?{mode}", uri=True, timeout=BUSY_TIMEOUT_S,
+                               isolation_level=None)
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"cannot read results database {p} ({exc})") from None
+
+
 def schema_version(path: str | os.PathLike) -> int:
-    """The schema version of an existing database (0 for an empty file); writes nothing."""
+    """The schema version of an existing database (0 for an empty file); writes nothing, leaves nothing."""
     p = check_file(path, must_exist=True)
-    conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    conn = _open_read_only(p)
     try:
         return _inspect(conn, p)
     finally:

@@ -11,7 +11,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import UserError
-from .schema import connect
+from ..gpu.predict import stored_columns
+from ..result import RunRecord
+from .schema import connect, rollback, writing
 
 KINDS = ("memory", "train", "verify")
 STATUSES = ("ok", "oom", "failed", "timeout")
@@ -24,8 +26,8 @@ RESULT_INT_COLUMNS = (
 )
 CONFIG_COLUMNS = ("model", "method", "batch_size", "seq_len", "dtype", "device", "attn", "target", "gpu",
                   "optimizer")
-# RunResult.predicted_cuda keys stored as columns (prefixed predicted_)
-PREDICTED_COLUMNS = ("max_allocated_bytes", "max_reserved_bytes", "activation_bytes_paper")
+# RunResult.predicted_cuda figures stored as columns (prefixed predicted_): the fields marked `column`
+PREDICTED_COLUMNS = stored_columns()
 
 
 def _now() -> str:
@@ -65,16 +67,6 @@ def config_of(result) -> dict[str, Any]:
     return cfg
 
 
-def _result_dict(result) -> dict[str, Any]:
-    if result is None:
-        return {}
-    if isinstance(result, Mapping):
-        return dict(result)
-    if hasattr(result, "to_dict"):
-        return result.to_dict()
-    raise TypeError(f"store_result: expected a RunResult, a dict or None, got {type(result).__name__}")
-
-
 def _series_rows(series: Mapping[str, Iterable] | None) -> list[tuple[str, int, float | None]]:
     rows = []
     for name, points in (series or {}).items():
@@ -89,39 +81,40 @@ def _series_rows(series: Mapping[str, Iterable] | None) -> list[tuple[str, int, 
     return rows
 
 
-def store_result(db_path: str | os.PathLike, result=None, *, kind: str = "memory", status: str = "ok",
-                 metrics: Mapping[str, Any] | None = None, series: Mapping[str, Iterable] | None = None,
-                 key: str | None = None, error: str | None = None, config: Mapping[str, Any] | None = None,
-                 sweep: str | None = None, provenance: Mapping[str, Any] | None = None,
-                 created_at: str | None = None, wall_s: float | None = None) -> int:
-    """Store one run in one transaction; returns its run id.
+def store_result(db_path: str | os.PathLike, record: RunRecord, *, key: str | None = None, sweep: str | None = None,
+                 created_at: str | None = None) -> int:
+    """Store one run (a `membench.result.RunRecord`) in one transaction; returns its run id.
 
-    result: a `membench.result.RunResult` (or its dict), or None for a run that
-        produced none (status oom / failed / timeout, or a train run): then give
-        `config` (model, method, batch_size, seq_len, dtype, device, ...).
-    kind: "memory" | "train" | "verify".  status: "ok" | "oom" | "failed" | "timeout".
-    metrics: extra scalars (accuracy, step_time_s, ...), one column each in `load()`.
-    series: name -> [(step, value), ...] (loss curve, accuracy per epoch, ...).
-    wall_s: seconds the run took (default: the result's own wall_s).
+        store_result("membench.db", RunRecord(result=profile(...)))
+        store_result("membench.db", RunRecord(status="oom", error=..., config={"model": ..., ...}))
+
+    A record without a result (status oom / failed / timeout, a verify check) gives its `config` (model,
+    method, batch_size, seq_len, dtype, device, ...); one with a result may (default: the result's,
+    `config_of`). Its metrics are one column each in `load()`.
     key: identity of the run config (sweeps use it to resume); a stored run with the
-        same key is replaced (its attempt count goes up). Without a key the run is appended.
+        same key is updated in place (same run id, its attempt count goes up, its sweep name
+        kept). Without a key the run is appended.
+    sweep: the name of the sweep that stored it.  created_at: ISO time (default: now).
+    A full disk or a database locked for too long raises `membench.errors.FaultError` (one line);
+    nothing of this run is stored then, every run stored before is kept.
     """
-    if kind not in KINDS:
-        raise UserError(f"unknown run kind {kind!r}; allowed: {', '.join(KINDS)}")
-    if status not in STATUSES:
-        raise UserError(f"unknown run status {status!r}; allowed: {', '.join(STATUSES)}")
-    res = _result_dict(result)
-    if not res and not config:
-        raise UserError("store_result: give a RunResult or a config dict")
-    cfg = dict(config) if config else (config_of(result) if hasattr(result, "provenance") else
-                                       {k: res.get(k) for k in CONFIG_COLUMNS} |
-                                       {"overrides": res.get("overrides", {}),
-                                        "method_options": res.get("method_options", {})})
+    if not isinstance(record, RunRecord):
+        raise TypeError(f"store_result takes a membench.result.RunRecord (RunRecord(result=...)), "
+                        f"got {type(record).__name__}")
+    if record.kind not in KINDS:
+        raise UserError(f"unknown run kind {record.kind!r}; allowed: {', '.join(KINDS)}")
+    if record.status not in STATUSES:
+        raise UserError(f"unknown run status {record.status!r}; allowed: {', '.join(STATUSES)}")
+    result = record.result
+    if result is None and not record.config:
+        raise UserError("store_result: give a RunRecord with a result or a config dict")
+    res = result.to_dict() if result is not None else {}
+    cfg = dict(record.config) if record.config else config_of(result)
     prov = dict(res.get("provenance") or {})
-    prov.update(provenance or {})
+    prov.update(record.provenance)
     cuda = res.get("cuda") or {}
 
-    row: dict[str, Any] = {"key": key, "kind": kind, "status": status}
+    row: dict[str, Any] = {"key": key, "kind": record.kind, "status": record.status}
     for col in CONFIG_COLUMNS:
         val = res.get(col, cfg.get(col)) if res else cfg.get(col)
         row[col] = _int(val) if col in ("batch_size", "seq_len") else (None if val is None else str(val))
@@ -130,13 +123,13 @@ def store_result(db_path: str | os.PathLike, result=None, *, kind: str = "memory
         row[col] = _int(res.get(col)) if res else None
     row["peak_phase"] = res.get("peak_phase") or None
     row["loss"] = _float(res.get("loss"))
-    row["wall_s"] = _float(wall_s) if wall_s is not None else _float(res.get("wall_s"))
+    row["wall_s"] = _float(record.wall_s if record.wall_s is not None else res.get("wall_s"))
     row["cuda_max_allocated_bytes"] = _int(cuda.get("max_allocated_bytes"))
     row["cuda_max_reserved_bytes"] = _int(cuda.get("max_reserved_bytes"))
     predicted = res.get("predicted_cuda") or {}
     for col in PREDICTED_COLUMNS:
         row[f"predicted_{col}"] = _int(predicted.get(col))
-    row["error"] = error
+    row["error"] = record.error
     row["membench_version"] = prov.get("membench") or _membench_version()
     row["torch_version"] = prov.get("torch")
     row["transformers_version"] = prov.get("transformers")
@@ -149,42 +142,56 @@ def store_result(db_path: str | os.PathLike, result=None, *, kind: str = "memory
     row["created_at"] = created_at or _now()
 
     metric_rows = []
-    for name, value in (metrics or {}).items():
+    for name, value in record.metrics.items():
         v = _float(value)
         if v is not None and math.isnan(v):
             v = None
         metric_rows.append((str(name), v))
     layer_rows = [(i, str(layer["name"]), int(layer["activation_bytes"]), int(layer.get("recompute_bytes", 0) or 0))
                   for i, layer in enumerate(res.get("layers") or [])]
-    series_rows = _series_rows(series)
+    series_rows = _series_rows(record.series)
 
-    conn = connect(db_path)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    with writing(db_path):
+        conn = connect(db_path)
         try:
-            attempts = 1
-            if key is not None:
-                old = conn.execute("SELECT id, attempts FROM runs WHERE key = ?", (key,)).fetchone()
-                if old is not None:
-                    attempts = old[1] + 1
-                    conn.execute("DELETE FROM runs WHERE id = ?", (old[0],))  # cascades to its layers etc.
-            row["attempts"] = attempts
-            cols = ", ".join(row)
-            marks = ", ".join("?" for _ in row)
-            run_id = conn.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values())).lastrowid
-            conn.executemany("INSERT INTO layers (run_id, idx, name, activation_bytes, recompute_bytes) "
-                             "VALUES (?, ?, ?, ?, ?)", [(run_id, *r) for r in layer_rows])
-            conn.executemany("INSERT OR REPLACE INTO metrics (run_id, name, value) VALUES (?, ?, ?)",
-                             [(run_id, *r) for r in metric_rows])
-            conn.executemany("INSERT OR REPLACE INTO series (run_id, name, step, value) VALUES (?, ?, ?, ?)",
-                             [(run_id, *r) for r in series_rows])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return int(run_id)
-    finally:
-        conn.close()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                run_id = _write_run(conn, row, key, sweep)
+                conn.executemany("INSERT INTO layers (run_id, idx, name, activation_bytes, recompute_bytes) "
+                                 "VALUES (?, ?, ?, ?, ?)", [(run_id, *r) for r in layer_rows])
+                conn.executemany("INSERT OR REPLACE INTO metrics (run_id, name, value) VALUES (?, ?, ?)",
+                                 [(run_id, *r) for r in metric_rows])
+                conn.executemany("INSERT OR REPLACE INTO series (run_id, name, step, value) VALUES (?, ?, ?, ?)",
+                                 [(run_id, *r) for r in series_rows])
+                conn.execute("COMMIT")
+            except BaseException:
+                rollback(conn)
+                raise
+            return int(run_id)
+        finally:
+            conn.close()
+
+
+CHILD_TABLES = ("layers", "metrics", "series")
+
+
+def _write_run(conn, row: dict[str, Any], key: str | None, sweep: str | None) -> int:
+    """Insert the run's row, or update the stored run with the same key in place: its id stays (what
+    refers to it by id still does), its attempts go up, and the sweep that stored it first keeps its name."""
+    old = conn.execute("SELECT id, attempts, sweep FROM runs WHERE key = ?", (key,)).fetchone() if key else None
+    if old is None:
+        row["attempts"] = 1
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        return conn.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values())).lastrowid
+    run_id, attempts, first_sweep = old
+    row["attempts"] = attempts + 1
+    row["sweep"] = first_sweep if first_sweep is not None else sweep
+    for table in CHILD_TABLES:  # the new measurement's layers, metrics and series replace the old ones
+        conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+    sets = ", ".join(f"{col} = ?" for col in row)
+    conn.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*row.values(), run_id))
+    return run_id
 
 
 def _membench_version() -> str | None:

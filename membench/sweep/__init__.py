@@ -2,7 +2,7 @@
 
     from membench.sweep import Grid, run_sweep, make_executor
     specs = Grid(models=["opt-125m"], methods=["full", "lora"], seq_lens=[128], batch_sizes=[1, 4],
-                 dtypes=["bf16"], device="fake").expand()
+                 dtypes=["bf16"], run=RunSpec(device="fake")).expand()
     summary = run_sweep(specs, db="membench.db", executor=make_executor("local"))
 
 Imports no torch (the runs do, in their own processes). See docs/sweep.md.

@@ -33,10 +33,33 @@ from typing import Any
 
 from ..errors import UserError
 
-LIST_KEYS = {"models": str, "methods": str, "seq_lens": int, "batch_sizes": int, "dtypes": str}
-SCALAR_KEYS = {"name": str, "device": str, "attn": str, "db": str, "timeout": (int, float), "early_stop": (str, bool),
-               "executor": str, "ray_address": str, "jobs": int, "seed": int, "tiny": bool, "start_method": str,
-               "budget": (str, int, float), "target": str, "gpu": str, "optimizer": str, "alloc_conf": str}
+LIST_KEYS = {"models": str, "methods": str, "seq_lens": int, "batch_sizes": int, "dtypes": str, "image_sizes": int}
+SWEEP_KEYS = {"name": str, "db": str, "timeout": (int, float), "early_stop": (str, bool), "executor": str,
+              "ray_address": str, "jobs": int, "start_method": str, "budget": (str, int, float)}
+
+
+def _run_option_types() -> dict[str, type | tuple]:
+    """The scalar run options a file may set, with the types TOML gives them: from the RunSpec's fields
+    (`file_types` in a field's metadata where a file may spell it otherwise, e.g. a size as bytes)."""
+    import dataclasses
+    import types
+    import typing
+
+    from ..spec import RunSpec
+    from .spec import RUN_OPTIONS
+
+    hints = typing.get_type_hints(RunSpec)
+    out = {}
+    for f in dataclasses.fields(RunSpec):
+        hint = hints[f.name]
+        if isinstance(hint, types.UnionType):  # X | None: X
+            hint = next(t for t in typing.get_args(hint) if t is not type(None))
+        if f.name in RUN_OPTIONS and hint in (str, int, bool, float):
+            out[f.name] = f.metadata.get("file_types", hint)
+    return out
+
+
+SCALAR_KEYS = {**SWEEP_KEYS, **_run_option_types()}
 TABLE_KEYS = ("overrides", "options", "train")
 ALLOWED = sorted([*LIST_KEYS, *SCALAR_KEYS, *TABLE_KEYS])
 
@@ -81,9 +104,16 @@ def _is(value, t) -> bool:
 def load_experiment(path: str | Path) -> dict[str, Any]:
     """Read and check an experiment file; returns plain values keyed like the CLI flags."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"--config {p}: is a folder; give an experiment file (TOML), e.g. {p / 'experiments.toml'}")
+    if not p.exists():
+        raise UserError(f"--config {p}: experiment file does not exist")
     if not p.is_file():
-        raise UserError(f"experiment file {p} does not exist")
-    text = p.read_text(encoding="utf-8", errors="replace")
+        raise UserError(f"--config {p}: is not a regular file; give an experiment file (TOML)")
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UserError(f"--config {p}: cannot read it ({exc.strerror or exc})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -13,8 +13,9 @@ Interface (a third-party executor is `--executor package.module:Class`):
     ex.poll(wait_s)            -> [(spec, record)] of runs that finished
     ex.close()                 stop everything still running
 
-Records: {"status": ok|oom|failed|timeout, "result": dict|None, "error": str|None,
-"wall_s": float, "provenance": dict}. The driver alone writes the database.
+Records: `membench.result.RunRecord` (status ok|oom|failed|timeout, result, error, wall_s, provenance),
+carried from a run's process as its dict (RunRecord.to_dict / from_dict); a third-party executor may
+hand back that dict itself. The driver alone writes the database.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..backends import needs_gpu
 from ..errors import UserError
+from ..result import RunRecord
 from .spec import RunSpec
 
 EXECUTORS = ("local", "ray")
@@ -75,7 +78,7 @@ class Executor:
     def submit(self, spec: RunSpec, timeout: float | None) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def poll(self, wait_s: float = 0.1) -> list[tuple[RunSpec, dict[str, Any]]]:  # pragma: no cover
+    def poll(self, wait_s: float = 0.1) -> list[tuple[RunSpec, RunRecord]]:  # pragma: no cover
         raise NotImplementedError
 
     def close(self) -> None:
@@ -194,7 +197,7 @@ class LocalExecutor(Executor):
             handle = self._spawn([str(spec_path), str(out), str(log)], log)
         self._running.append(_Proc(spec, timeout, handle, out, log))
 
-    def poll(self, wait_s: float = 0.1) -> list[tuple[RunSpec, dict[str, Any]]]:
+    def poll(self, wait_s: float = 0.1) -> list[tuple[RunSpec, RunRecord]]:
         deadline = time.monotonic() + wait_s
         while True:
             done = []
@@ -203,18 +206,17 @@ class LocalExecutor(Executor):
                 if code is None:
                     if proc.timeout is not None and time.monotonic() - proc.t0 > proc.timeout:
                         proc.kill()
-                        done.append((proc, {"status": "timeout", "result": None,
-                                            "error": f"timed out after {proc.timeout:g} s\n{_tail_file(proc.log)}"
-                                            .rstrip(),
-                                            "wall_s": round(time.monotonic() - proc.t0, 3)}))
+                        done.append((proc, RunRecord(
+                            status="timeout", error=f"timed out after {proc.timeout:g} s\n{_tail_file(proc.log)}"
+                            .rstrip(), wall_s=round(time.monotonic() - proc.t0, 3))))
                     continue
                 proc.reap()
                 try:
-                    record = json.loads(proc.out.read_text())
+                    record = RunRecord.from_dict(json.loads(proc.out.read_text()))
                 except (OSError, json.JSONDecodeError):
-                    record = {"status": "failed", "result": None,
-                              "error": f"run process died ({_exit_reason(code)})\n{_tail_file(proc.log)}".rstrip(),
-                              "wall_s": round(time.monotonic() - proc.t0, 3)}
+                    record = RunRecord(
+                        status="failed", error=f"run process died ({_exit_reason(code)})\n{_tail_file(proc.log)}"
+                        .rstrip(), wall_s=round(time.monotonic() - proc.t0, 3))
                 done.append((proc, record))
             for proc, _ in done:
                 self._running.remove(proc)
@@ -259,14 +261,14 @@ class RayExecutor(Executor):
         except ConnectionError as exc:
             raise UserError(f"--ray-address {self.address}: cannot connect to a Ray cluster ({exc})") from None
         res = ray.cluster_resources()
-        need_gpu = any(s.device == "cuda" for s in specs)
+        need_gpu = any(needs_gpu(s.device) for s in specs)
         if need_gpu and not res.get("GPU"):
             raise UserError("--device cuda with --executor ray: the Ray cluster has no GPU resources")
         if self._slots is None:
             self.slots = max(1, int(res.get("GPU" if need_gpu else "CPU", 1)))
         from . import worker
 
-        self._task = ray.remote(max_calls=1, max_retries=0)(worker.execute)
+        self._task = ray.remote(max_calls=1, max_retries=0)(worker.execute_to_dict)
 
     def preflight(self, specs: list[RunSpec]) -> list:
         # names and options are checked on the driver's machine, in one local process
@@ -277,11 +279,11 @@ class RayExecutor(Executor):
             local.close()
 
     def submit(self, spec: RunSpec, timeout: float | None) -> None:
-        gpu = spec.device == "cuda"
+        gpu = needs_gpu(spec.device)
         ref = self._task.options(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1).remote(spec.to_dict())
         self._pending[ref] = (spec, timeout, time.monotonic())
 
-    def poll(self, wait_s: float = 0.1) -> list[tuple[RunSpec, dict[str, Any]]]:
+    def poll(self, wait_s: float = 0.1) -> list[tuple[RunSpec, RunRecord]]:
         import ray
 
         if not self._pending:
@@ -291,18 +293,18 @@ class RayExecutor(Executor):
         for ref in ready:
             spec, _timeout, t0 = self._pending.pop(ref)
             try:
-                record = ray.get(ref)
+                record = RunRecord.from_dict(ray.get(ref))
             except Exception as exc:  # noqa: BLE001 - a crashed worker, a lost node...
-                record = {"status": "failed", "result": None, "error": f"{type(exc).__name__}: {exc}"[-2000:],
-                          "wall_s": round(time.monotonic() - t0, 3)}
+                record = RunRecord(status="failed", error=f"{type(exc).__name__}: {exc}"[-2000:],
+                                   wall_s=round(time.monotonic() - t0, 3))
             out.append((spec, record))
         now = time.monotonic()
         for ref, (spec, timeout, t0) in list(self._pending.items()):
             if timeout is not None and now - t0 > timeout:
                 ray.cancel(ref, force=True)
                 del self._pending[ref]
-                out.append((spec, {"status": "timeout", "result": None, "error": f"timed out after {timeout:g} s",
-                                   "wall_s": round(now - t0, 3)}))
+                out.append((spec, RunRecord(status="timeout", error=f"timed out after {timeout:g} s",
+                                            wall_s=round(now - t0, 3))))
         return out
 
     def close(self) -> None:

@@ -2,141 +2,148 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__, dtypes
+from ..backends import runs_real_tensors
+from ..devices import DEVICES
 from ..errors import UserError
+from ..spec import MethodSpec, RunSpec
+from . import models as _models
 
-DEVICES = ("cpu", "fake", "cuda")
 AXES = ("models", "methods", "seq_lens", "batch_sizes", "dtypes")
+# a grid's axes when none are given: the Python API's default model, `membench fit`'s methods and
+# `membench run`'s sequence length; every image model at its own image size
+DEFAULTS: dict[str, tuple] = {"models": ("opt-125m",), "methods": ("full", "lora", "meft3"), "seq_lens": (512,),
+                              "batch_sizes": (1, 4, 16), "dtypes": ("fp32",), "image_sizes": ()}
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything that identifies one run. Its key hashes all of it plus the membench version."""
+def default(axis: str) -> list:
+    return list(DEFAULTS[axis])
 
-    model: str
-    method: str
-    batch_size: int
-    seq_len: int
-    dtype: str
-    device: str
-    attn: str = "sdpa"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    method_options: dict[str, Any] = field(default_factory=dict)
-    tiny: bool = False
-    seed: int = 0
-    pretrained: str | None = None
-    target: str | None = None  # None: the device's default (fake -> cuda on the default GPU)
-    gpu: str | None = None
-    optimizer: str = "adamw"
-    alloc_conf: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def flag(key: str) -> str:
+    """The command-line flag of a setting: batch_sizes -> --batch-sizes."""
+    return "--" + key.replace("_", "-")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
 
-    def key(self, version: str = __version__) -> str:
-        """A stable hash of the full config and the package version (order of dict keys does not matter)."""
-        blob = json.dumps({"spec": self.to_dict(), "membench": version}, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} {self.method} b{self.batch_size} s{self.seq_len} {self.dtype}"
-
-    def __hash__(self) -> int:  # dict fields are not hashable; the key is
-        return hash(self.key())
+# the RunSpec fields a grid's axes set per run; every other field is the same for all its runs (`Grid.run`)
+AXIS_FIELDS = ("model", "method", "batch_size", "seq_len", "dtype", "image_size")
+# the run options a sweep takes once for every run, by flag or file key (a checkpoint is not a grid's)
+RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunSpec) if f.name not in (*AXIS_FIELDS, "pretrained"))
 
 
 @dataclass
 class Grid:
-    models: list[str]
-    methods: list[str]
-    seq_lens: list[int]
-    batch_sizes: list[int]
-    dtypes: list[str]
-    device: str = "fake"
-    attn: str = "sdpa"
-    overrides: dict[str, Any] = field(default_factory=dict)
+    """Every combination of the axes is one run. Text models take `seq_lens`, image models `image_sizes`
+    (empty: each at its own image size). `run`: every run's other options (device, target, optimizer, ...:
+    a RunSpec whose axis fields the grid sets); `method_options`: per method name. where(key) names a
+    setting in error messages (default: its flag; an experiment file gives its line)."""
+
+    models: list[str] = field(default_factory=lambda: default("models"))
+    methods: list[str] = field(default_factory=lambda: default("methods"))
+    seq_lens: list[int] = field(default_factory=lambda: default("seq_lens"))
+    batch_sizes: list[int] = field(default_factory=lambda: default("batch_sizes"))
+    dtypes: list[str] = field(default_factory=lambda: default("dtypes"))
+    image_sizes: list[int] = field(default_factory=lambda: default("image_sizes"))
+    run: RunSpec = field(default_factory=lambda: RunSpec(device="fake"))
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method name -> options
-    tiny: bool = False
-    seed: int = 0
-    target: str | None = None
-    gpu: str | None = None
-    optimizer: str = "adamw"
-    alloc_conf: str | None = None
+    where: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
+
+    def name(self, key: str) -> str:
+        """How an error names setting `key`: its flag, or where an experiment file sets it."""
+        return self.where(key) if self.where is not None else flag(key)
 
     def validate(self) -> Grid:
-        for axis in AXES:
+        try:  # one spelling per method: "lora + ckpt" is "lora+ckpt"
+            self.methods = [MethodSpec.parse(m).name for m in self.methods]
+        except UserError as exc:
+            raise UserError(f"{self.name('methods')}: {exc}") from None
+        for axis in (*AXES, "image_sizes"):
             values = getattr(self, axis)
-            if not values:
-                raise UserError(f"empty grid: --{axis.replace('_', '-')} has no values")
+            if not values and axis != "image_sizes":
+                raise UserError(f"{self.name(axis)}: empty grid; give at least one value")
             seen = set()
             for v in values:
                 if v in seen:
-                    raise UserError(f"duplicate value {v!r} in --{axis.replace('_', '-')}; give each value once")
+                    raise UserError(f"{self.name(axis)}: duplicate value {v!r}; give each value once")
                 seen.add(v)
-        for axis in ("seq_lens", "batch_sizes"):
+        for axis in ("seq_lens", "batch_sizes", "image_sizes"):
             for v in getattr(self, axis):
                 if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                    raise UserError(f"--{axis.replace('_', '-')}: {v!r} is not a positive integer")
-        canon = [dtypes.canonical(d) for d in self.dtypes]
+                    raise UserError(f"{self.name(axis)}: {v!r} is not a positive integer")
+        try:
+            canon = [dtypes.canonical(d) for d in self.dtypes]
+        except UserError as exc:
+            raise UserError(f"{self.name('dtypes')}: {exc}") from None
         if len(set(canon)) != len(canon):
-            raise UserError(f"duplicate dtype in --dtypes {','.join(self.dtypes)} (aliases of the same dtype)")
+            raise UserError(f"{self.name('dtypes')}: duplicate dtype in {', '.join(self.dtypes)} (aliases of the "
+                            "same dtype)")
         self.dtypes = [dtypes.short(d) for d in self.dtypes]
-        if self.device not in DEVICES:
-            raise UserError(f"unknown device {self.device!r}; allowed: {', '.join(DEVICES)}")
-        if self.attn not in ("eager", "sdpa"):
-            raise UserError(f"unknown attention implementation {self.attn!r}; allowed: eager, sdpa")
-        from .. import optimizers
-        from ..gpu.target import resolve
-
-        optimizers.check(self.optimizer)
-        resolve(self.device, self.target, self.gpu, self.alloc_conf)  # the combination, with clear errors
+        if self.run.device is None:
+            raise UserError(f"{self.name('device')}: a grid's runs need a device ({', '.join(DEVICES)})")
+        try:  # every run option once (the axes' values are checked above and per run by the preflight)
+            self.run.replace(model=self.models[0], method="full", dtype=self.dtypes[0]).validate()
+        except UserError as exc:
+            key = (exc.field or ("",))[0]
+            named = key in RUN_OPTIONS and flag(key) not in str(exc)
+            raise UserError(f"{self.name(key)}: {exc}" if named else str(exc), field=exc.field) from None
         for name in self.method_options:
-            if name not in {m.split("+")[0] for m in self.methods} and name not in self.methods:
+            if name not in {MethodSpec.parse(m).base for m in self.methods} and name not in self.methods:
                 raise UserError(f"options given for method {name!r}, which is not in the grid's methods "
                                 f"({', '.join(self.methods)})")
         return self
+
+    def lengths(self, model: str) -> list[tuple[int | None, int | None]]:
+        """(seq_len, image_size) of a model's runs: text models along seq_lens, image models along image_sizes."""
+        if _models.reads_images(model):
+            return [(None, size) for size in self.image_sizes] or [(None, None)]
+        return [(seq_len, None) for seq_len in self.seq_lens]
 
     def expand(self) -> list[RunSpec]:
         """All runs; batch size is the innermost axis (ascending), so early stop after an OOM is cheap."""
         self.validate()
         out = []
-        for model, method, seq_len, dtype in itertools.product(self.models, self.methods, self.seq_lens,
-                                                              self.dtypes):
-            opts = dict(self.method_options.get(method, self.method_options.get(method.split("+")[0], {})))
-            for b in sorted(self.batch_sizes):
-                out.append(RunSpec(model=model, method=method, batch_size=b, seq_len=seq_len, dtype=dtype,
-                                   device=self.device, attn=self.attn, overrides=dict(self.overrides),
-                                   method_options=opts, tiny=self.tiny, seed=self.seed, target=self.target,
-                                   gpu=self.gpu, optimizer=self.optimizer, alloc_conf=self.alloc_conf))
+        for model, method in itertools.product(self.models, self.methods):
+            opts = dict(self.method_options.get(method, self.method_options.get(MethodSpec.parse(method).base, {})))
+            for (seq_len, image_size), dtype in itertools.product(self.lengths(model), self.dtypes):
+                for b in sorted(self.batch_sizes):
+                    out.append(self.run.replace(model=model, method=method, batch_size=b, seq_len=seq_len,
+                                                dtype=dtype, image_size=image_size, method_options=opts))
         return out
 
     @property
     def size(self) -> int:
-        n = 1
-        for axis in AXES:
-            n *= len(getattr(self, axis))
-        return n
+        per_model = sum(len(self.lengths(m)) for m in self.models)
+        return per_model * len(self.methods) * len(self.batch_sizes) * len(self.dtypes)
 
 
 EARLY_STOP_AXES = ("batch_size", "seq_len")
 
 
+def _axis_field(spec: RunSpec | TrainSpec, axis: str) -> str:
+    """The field a run varies along `axis`: a training run's seq_len is its max_length, an image model's
+    its image size (a larger image is a longer sequence)."""
+    if isinstance(spec, TrainSpec):
+        return TrainSpec.AXIS_FIELDS.get(axis, axis)
+    return "image_size" if axis == "seq_len" and spec.seq_len is None else axis
+
+
+def axis_value(spec: RunSpec | TrainSpec, axis: str) -> int | None:
+    """Where a run sits along `axis` (None: nowhere, e.g. an image model at its own size)."""
+    return spec.to_dict().get(_axis_field(spec, axis))
+
+
 def axis_group(spec: RunSpec | TrainSpec, axis: str) -> str:
     """Runs that differ only along `axis` share a group (early stop: once one OOMs, larger ones are skipped)."""
     d = spec.to_dict()
-    d.pop(TrainSpec.AXIS_FIELDS.get(axis, axis) if isinstance(spec, TrainSpec) else axis, None)
+    d.pop(_axis_field(spec, axis), None)
     return json.dumps(d, sort_keys=True, default=str)
 
 
@@ -276,7 +283,7 @@ def expand_train(table: dict[str, Any], *, device: str | None = None, seed: int 
         method = merged.pop("method", name)
         if not isinstance(method, str):
             raise UserError(f"{where('method', tbl)}: expected a method name")
-        opts = dict((method_options or {}).get(method, (method_options or {}).get(method.split("+")[0], {})))
+        opts = dict((method_options or {}).get(method, (method_options or {}).get(MethodSpec.parse(method).base, {})))
         for src in (shared, body):
             for k in ("options", "method_options"):
                 if k in src:
@@ -286,7 +293,7 @@ def expand_train(table: dict[str, Any], *, device: str | None = None, seed: int 
                     opts.update(src[k])
         merged.pop("options", None)
         merged["method_options"] = opts
-        if merged.get("device") is None and device in ("cpu", "cuda"):
+        if merged.get("device") is None and runs_real_tensors(device):  # a fake sweep's training runs pick their own
             merged["device"] = device
         if "seed" not in merged and seed is not None:
             merged["seed"] = seed

@@ -2,15 +2,18 @@
 
     python -m membench.sweep.worker SPEC.json OUT.json [LOG]       (spawn executor)
     child(spec, out_path, log_path)                                 (forkserver executor)
-    execute(spec) -> record                                         (in-process; Ray tasks)
+    execute(spec) -> RunRecord                                      (in-process)
+    execute_to_dict(spec) -> its dict                               (Ray tasks)
 
-A record is a JSON dict: status ("ok" | "oom" | "failed"), result (RunResult dict
-or None), error (last lines of the traceback), wall_s, provenance. A training run
-(spec kind "train", `membench.train.run_training`) adds metrics, series and config.
+A run's record is a `membench.result.RunRecord`: status ("ok" | "oom" | "failed"), result (RunResult
+or None), error (last lines of the traceback), wall_s, provenance; a training run (spec kind "train",
+`membench.train.run_training`) adds metrics, series and config. It crosses to the driver's process as
+its dict (JSON: RunRecord.to_dict / from_dict).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -19,6 +22,7 @@ import traceback
 from typing import Any
 
 from ..provenance import provenance
+from ..result import RunRecord
 
 ERROR_LINES = 12
 
@@ -42,27 +46,13 @@ def tail(text: str, lines: int = ERROR_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def overrides_for(spec: dict[str, Any]) -> dict[str, Any]:
-    overrides = dict(spec.get("overrides") or {})
-    if spec.get("tiny"):
-        from ..backbones import get
-        from ..backbones.tiny import tiny_overrides
-
-        overrides = {**tiny_overrides(get(spec["model"]).family.name), **overrides}
-    return overrides
-
-
-def _train(spec: dict[str, Any]) -> dict[str, Any]:
+def _train(spec: dict[str, Any]) -> RunRecord:
     from ..train import run_training
 
-    outcome = run_training({k: v for k, v in spec.items() if k != "kind"})
-    return {"status": "ok", "result": outcome.result.to_dict() if outcome.result is not None else None,
-            "error": None, "metrics": outcome.metrics, "series": {k: [list(p) for p in v]
-                                                                  for k, v in outcome.series.items()},
-            "config": outcome.config}
+    return run_training({k: v for k, v in spec.items() if k != "kind"}).record()
 
 
-def execute(spec: dict[str, Any]) -> dict[str, Any]:
+def execute(spec: dict[str, Any]) -> RunRecord:
     """Profile (or train) one run in this process; never raises for errors of the run itself."""
     t0 = time.perf_counter()
     try:
@@ -70,14 +60,9 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             record = _train(spec)
         else:
             from ..runner import profile
+            from ..spec import RunSpec
 
-            result = profile(spec["model"], spec["method"], batch_size=spec["batch_size"], seq_len=spec["seq_len"],
-                             dtype=spec["dtype"], device=spec["device"], attn=spec.get("attn", "sdpa"),
-                             overrides=overrides_for(spec), method_options=spec.get("method_options") or None,
-                             pretrained=spec.get("pretrained"), seed=spec.get("seed", 0), target=spec.get("target"),
-                             gpu=spec.get("gpu"), optimizer=spec.get("optimizer") or "adamw",
-                             alloc_conf=spec.get("alloc_conf"))
-            record = {"status": "ok", "result": result.to_dict(), "error": None}
+            record = RunRecord(result=profile(RunSpec.from_dict(spec)))
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a record
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
@@ -88,12 +73,17 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             error = f"UserError: {exc}"
         else:
             error = tail("".join(traceback.format_exception(exc)))
-        record = {"status": status, "result": None, "error": error}
+        record = RunRecord(status=status, error=error)
         exc = None  # drop the traceback's frames (and the memory they hold)
-    record["wall_s"] = round(time.perf_counter() - t0, 3)
     # a profiled run's result carries the provenance record already; a failed one gets it here
-    record["provenance"] = {} if (record.get("result") or {}).get("provenance") else provenance(spec.get("device"))
-    return record
+    has_provenance = record.result is not None and record.result.provenance
+    return dataclasses.replace(record, wall_s=round(time.perf_counter() - t0, 3),
+                               provenance={} if has_provenance else provenance(spec.get("device")))
+
+
+def execute_to_dict(spec: dict[str, Any]) -> dict[str, Any]:
+    """execute(spec) as the record's dict: what a Ray task hands back to the driver."""
+    return execute(spec).to_dict()
 
 
 def _die_with_parent() -> None:
@@ -153,6 +143,7 @@ def _redirect(log_path: str | None) -> None:
 
 
 def write_record(record: dict[str, Any], out_path: str) -> None:
+    """`record` (a RunRecord's dict, or the preflight's) as JSON at `out_path`, atomically."""
     tmp = f"{out_path}.tmp"
     with open(tmp, "w") as f:
         json.dump(record, f, default=str)
@@ -168,41 +159,41 @@ def child(spec: dict[str, Any], out_path: str, log_path: str | None = None, pare
     _watch_driver(driver_pid)
     _redirect(log_path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    write_record(execute(spec), out_path)
+    write_record(execute(spec).to_dict(), out_path)
 
 
 def preflight(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Check names, overrides and method options of a sweep once, before any run: one
-    {"message", "field"} per problem (field: the wrong setting, ["option" | "override", KEY], or None)."""
-    from .. import backbones
+    """Check a sweep once, before any run: names, overrides and method options; each run's sequence
+    against its model (positions, image size); each model built with each method on `meta` (no memory),
+    as the run builds it. One {"message", "field"} per problem (field: the wrong setting,
+    ["option" | "override", KEY], or None)."""
     from ..errors import UserError
-
-    def check_model(s):
-        backbones.make_config(None if s.get("pretrained") else backbones.get(s["model"]), overrides_for(s),
-                              attn=s.get("attn", "sdpa"), pretrained=s.get("pretrained"))
 
     def checks(spec):  # (identity, check): each distinct thing is checked once
         if spec.get("kind") == "train":
             yield ["train", spec.get("model"), spec.get("pretrained"), spec["method"], spec.get("overrides"),
                    spec.get("method_options")], _check_train
             return
-        for what, check in (("model", check_model), ("method", _check_method)):
-            yield [what, spec["model"], spec["method"], spec.get("overrides"), spec.get("method_options"),
-                   spec.get("tiny")], check
+        model = [spec["model"], spec.get("pretrained"), spec.get("overrides"), spec.get("tiny"), spec.get("attn")]
+        yield ["model", *model], _check_model
+        yield ["length", *model, spec.get("seq_len"), spec.get("image_size")], _check_length
+        yield ["build", *model, spec["method"], spec.get("method_options"), spec.get("dtype")], _check_build
 
     problems: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen: dict[str, bool] = {}  # identity -> passed
     for spec in specs:
         for ident, check in checks(spec):
             key = json.dumps(ident, sort_keys=True, default=str)
-            if key in seen:
-                continue
-            seen.add(key)
-            try:
-                check(spec)
-            except UserError as exc:
-                if all(p["message"] != str(exc) for p in problems):
-                    problems.append({"message": str(exc), "field": list(exc.field) if exc.field else None})
+            if key not in seen:
+                try:
+                    check(spec)
+                    seen[key] = True
+                except UserError as exc:
+                    seen[key] = False
+                    if all(p["message"] != str(exc) for p in problems):
+                        problems.append({"message": str(exc), "field": list(exc.field) if exc.field else None})
+            if not seen[key] and ident[0] == "model":
+                break  # the later checks of this run build on its model config: its problem is said once
     return problems
 
 
@@ -228,11 +219,51 @@ def _check_train(spec: dict[str, Any]) -> None:
     methods.configs(spec["method"], family, spec.get("method_options") or {})
 
 
-def _check_method(spec: dict[str, Any]) -> None:
-    from .. import backbones, methods
+def _config(spec: dict[str, Any]):
+    from ..runner import model_config
+    from ..spec import RunSpec
 
-    family = backbones.get(spec["model"]).family if not spec.get("pretrained") else None
-    methods.configs(spec["method"], family, spec.get("method_options") or {})
+    return model_config(RunSpec.from_dict(spec))
+
+
+def _check_model(spec: dict[str, Any]) -> None:
+    _config(spec)
+
+
+def _check_length(spec: dict[str, Any]) -> None:
+    """The run's sequence as `runner.profile` checks it, named by the sweep's own settings."""
+    from .. import backbones
+    from ..errors import UserError
+    from ..runner import sequence_length
+
+    config = _config(spec)
+    name = spec.get("model") or spec.get("pretrained")
+    try:
+        seq_len = sequence_length(config, spec.get("seq_len"), spec.get("image_size"), name, seq_option="--seq-lens",
+                                  image_option="--image-sizes")
+    except UserError as exc:
+        raise UserError(str(exc) if name in str(exc) else f"{name}: {exc}") from None
+    limit = backbones.family_for(config.model_type).max_positions(config)
+    if seq_len > limit:
+        raise UserError(f"--seq-lens {seq_len} is longer than {name}'s {limit} positions")
+
+
+def _check_build(spec: dict[str, Any]) -> None:
+    """Build the model with the run's method on `meta`, as a fake run does: what a method refuses for this
+    model (a head it needs, modules it targets) is found here, before any run."""
+    from ..errors import UserError
+    from ..runner import build
+    from ..spec import RunSpec
+
+    try:  # on fake tensors for the CPU kernels, without inputs: the model on `meta`, nothing allocated
+        build(RunSpec.from_dict(spec).on_cpu_kernels(), inputs=False)
+    except UserError as exc:
+        raise UserError(f"{spec['method']} on {spec.get('model') or spec.get('pretrained')}: {exc}",
+                        field=exc.field) from None
+    except Exception as exc:  # noqa: BLE001 - what a library raises (peft: no module matches the targets) would fail every run
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"{spec['method']} on {spec.get('model') or spec.get('pretrained')}: cannot be built: "
+                        f"{type(exc).__name__}: {first}") from None
 
 
 def preflight_child(specs: list[dict[str, Any]], out_path: str) -> None:

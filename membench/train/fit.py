@@ -91,8 +91,7 @@ def _fit(run: Prepared, trainable, optimizer, lr: float, say) -> _Fit:
     total_steps = math.ceil(len(run.enc["train"]) / cfg.batch_size) * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(cfg.warmup_ratio * total_steps),
                                                                              total_steps))
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    run.backend.reset_peaks()
     fit, best_state, bad_epochs = _Fit(), None, 0
     series = fit.series
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -103,7 +102,7 @@ def _fit(run: Prepared, trainable, optimizer, lr: float, say) -> _Fit:
         for idx in batch_order(lengths, cfg.batch_size, gen, cfg.group_by_length):
             batch = collate([run.enc["train"][i] for i in idx], [run.labels["train"][i] for i in idx], run.pad_id,
                             device)
-            _sync(device)
+            run.backend.synchronize()
             t0 = time.perf_counter()
             loss = model(**batch).loss
             loss.backward()
@@ -112,7 +111,7 @@ def _fit(run: Prepared, trainable, optimizer, lr: float, say) -> _Fit:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            _sync(device)
+            run.backend.synchronize()
             dt = time.perf_counter() - t0
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -169,12 +168,5 @@ def evaluate(model, encoded, labels, batch_size: int, pad_id: int, device) -> tu
             correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
     model.train()
     return correct / len(order), loss_sum / len(order)
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
 
 

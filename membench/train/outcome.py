@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .batches import collate
-from .setup import Prepared, method_options_of
+from .setup import Prepared
 
 
 def metrics_of(run: Prepared, fit, test: tuple[float, float], lr: float) -> dict[str, float]:
@@ -41,10 +41,9 @@ def metrics_of(run: Prepared, fit, test: tuple[float, float], lr: float) -> dict
         "head_made_trainable": float(run.head_added),
         "max_rss_bytes": max_rss(),
     }
-    if run.device == "cuda":
-        import torch
-
-        metrics["train_cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    peak = run.backend.max_allocated()
+    if peak is not None:
+        metrics["train_cuda_max_allocated_bytes"] = peak
     return metrics
 
 
@@ -63,7 +62,7 @@ def run_config(run: Prepared, result, lr: float) -> dict[str, Any]:
     else:
         out = {"model": run.name, "method": cfg.method, "batch_size": cfg.batch_size, "seq_len": run.max_length,
                "dtype": dtypes.short(run.dtype), "device": run.device, "attn": cfg.attn, "overrides": run.overrides,
-               "method_options": method_options_of(run.method_cfg)}
+               "method_options": run.built.method_options}
     out.update({k: setup[k] for k in ("task", "dataset", "epochs", "limit", "eval_limit", "lr", "weight_decay",
                                       "warmup_ratio", "max_length", "patience", "seed", "pretrained")})
     out["kind"] = "train"
@@ -82,12 +81,8 @@ def profile_first_batch(run: Prepared, optimizer):
                     run.device)
     model = run.model
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    devices = [torch.cuda.current_device()] if run.device == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        result = profile_built(model, batch, family=run.family, base=run.base, optimizer=optimizer,
-                               device=run.device, name=run.name, method=run.cfg.method, dtype=run.dtype,
-                               attn=run.cfg.attn, overrides=run.overrides,
-                               method_options=method_options_of(run.method_cfg), config=run.hf_config.to_dict(),
+    with torch.random.fork_rng(devices=run.backend.rng_devices()):
+        result = profile_built(run.built, batch, optimizer=optimizer, name=run.name,
                                extra={"pretrained": run.pretrained})
     with torch.no_grad():  # belt and braces: lr=0 leaves weights as they were; make sure of it
         params = dict(model.named_parameters())

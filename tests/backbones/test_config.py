@@ -41,10 +41,13 @@ def test_result_dtype_is_short_whatever_the_alias(alias):
 def test_bf16_on_a_gpu_without_bf16_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
+    from membench.backends import CpuBackend, CudaBackend, Target
+
+    gpu, cpu = CudaBackend(Target("cuda", measured=True)), CpuBackend(Target("cpu", measured=True))
     with pytest.raises(UserError, match="cannot run bf16"):
-        dtypes.check_device_supports("bfloat16", "cuda")
-    dtypes.check_device_supports("float16", "cuda")  # fine
-    dtypes.check_device_supports("bfloat16", "cpu")  # the CPU runs every dtype
+        gpu.check_device_dtype("bf16")
+    gpu.check_device_dtype("fp16")  # fine
+    cpu.check_device_dtype("bf16")  # the CPU runs every dtype
 
 
 # ---- attention implementations -----------------------------------------------------------------

@@ -101,7 +101,12 @@ BAD = {
     "bad method option": (["--method", "lora", "-o", "rank=4"], "method 'lora' has no option 'rank'"),
     "no model": (["--model", ""], "give --model NAME"),
     "snapshot off cuda": (["--device", "fake", "--snapshot", "s.pickle"], "--snapshot needs --device cuda"),
-    "missing pretrained": (["--pretrained", "/no/such/folder"], "no such folder"),
+    "missing pretrained": (["--model", "", "--pretrained", "/no/such/folder"], "no such folder"),
+    "lora rank zero": (["--method", "lora", "-o", "r=0"], "option lora.r=0: the rank must be a positive integer"),
+    "lora rank negative": (["--method", "lora", "-o", "r=-1"], "option lora.r=-1: the rank must be"),
+    # 2e9 sequences of 8 tokens, ids and labels: 238 GiB of inputs, on an 80 GiB GPU
+    "inputs beyond the GPU": (["-b", "2000000000"], "the inputs alone (batch size 2000000000 x 8 tokens: 238.42 GiB) "
+                                                    "exceed the a100-80gb's memory (80.00 GiB)"),
 }
 
 
@@ -136,9 +141,66 @@ def test_dtype_the_device_cannot_run(cli, monkeypatch):
     assert stderr.strip() == "error: this GPU (Tesla V100-SXM2-16GB) cannot run bf16; use fp16 or fp32"
 
 
-def test_out_folder_missing(cli, tmp_path):
-    code, _, stderr = cli("run", "--model", "opt-125m", "--out", str(tmp_path / "no" / "r.json"))
+def test_out_under_a_file_is_refused(cli, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    code, _, stderr = cli("run", "--model", "opt-125m", "--out", str(tmp_path / "a-file" / "r.json"))
     assert code == 2 and stderr.startswith("error: --out") and len(stderr.strip().splitlines()) == 1
+    assert "a-file is not a folder" in stderr
+
+
+def _tiny_bert_checkpoint(folder):
+    from transformers import AutoModelForSequenceClassification
+
+    from membench import backbones
+    from membench.backbones.tiny import tiny_overrides
+
+    cfg = backbones.make_config(backbones.get("bert-base"), tiny_overrides("bert", layers=1))
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_a_named_model_with_a_checkpoint_is_refused_as_train_does(cli, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    bert = _tiny_bert_checkpoint(tmp_path / "bert")
+    capsys.readouterr()  # (transformers' saving bar)
+    code, _, stderr = cli("run", "-m", "opt-125m", "--pretrained", str(bert), "-b", "1", "-s", "8", "--device", "cpu",
+                          "--out", str(out))
+    assert code == 2 and stderr.startswith("error: give --model NAME (random weights) or --pretrained PATH, not both")
+    assert len(stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_checkpointing_flag_on_a_ckpt_method_warns_and_runs_once(cli, tmp_path):
+    out = tmp_path / "r.json"
+    code, _, stderr = cli("run", "-m", "opt-125m", "--method", "lora+ckpt", "--checkpointing", "-b", "1", "-s", "8",
+                          *tiny_args(layers=1), "--out", str(out))
+    assert code == 0, stderr
+    assert stderr.strip() == ("warning: --checkpointing: --method lora+ckpt already checkpoints every layer; "
+                              "the flag adds nothing")
+    assert json.loads(out.read_text())["method"] == "lora+ckpt"
+
+
+def test_a_long_run_on_a_pipe_prints_plain_progress_lines(cli, monkeypatch):
+    """Through a pipe (here: captured stderr) a run past the first seconds says what it does, line by line."""
+    from membench.cli import format as fmt
+
+    monkeypatch.setattr(fmt._PlainLines, "START_S", 0.0)
+    code, _, stderr = cli("run", "-m", "opt-125m", "-b", "1", "-s", "8", *tiny_args(layers=2))
+    assert code == 0, stderr
+    lines = stderr.strip().splitlines()
+    assert all(line.startswith("[") and "s] profiling: " in line for line in lines), stderr
+    said = [line.split("s] profiling: ", 1)[1] for line in lines]
+    assert said[0] == "building opt-125m (2 layers)" and "step 1/2 forward" in said and "step 2/2 optimizer step" in said
+
+
+def test_list_model_without_verbose_warns(cli):
+    code, out, stderr = cli("list", "-m", "opt-125m")
+    assert code == 0 and "bert-base" in out
+    assert stderr.strip() == ("warning: --model opt-125m only applies with --verbose (what each method trains on it); "
+                              "ignored")
+    code, _, stderr = cli("list", "-m", "opt-13b")
+    assert code == 2 and "unknown model 'opt-13b'" in stderr
+    code, out, stderr = cli("list", "--gpus", "--verbose")
+    assert code == 0 and stderr.strip() == "warning: --gpus lists the GPUs and nothing else; --verbose ignored"
 
 
 def _console_script() -> list[str]:
@@ -181,13 +243,7 @@ def test_table_shows_cuda_figures_and_nvml_unavailable(capsys):
 
 
 def test_run_pretrained_folder(cli, tmp_path):
-    from transformers import AutoModelForSequenceClassification
-
-    from membench import backbones
-    from membench.backbones.tiny import tiny_overrides
-
-    cfg = backbones.make_config(backbones.get("bert-base"), tiny_overrides("bert", layers=1))
-    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(tmp_path / "ckpt")
+    _tiny_bert_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "r.json"
     code, stdout, stderr = cli("run", "--pretrained", str(tmp_path / "ckpt"), "-b", "1", "-s", "8",
                                "--device", "cpu", "--out", str(out))

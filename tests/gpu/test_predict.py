@@ -91,3 +91,44 @@ def test_what_stays_after_the_step_is_weights_gradients_and_state():
     blocks = 3 * (host_steps // 4) + 40  # weights, grads and state of each tensor, buffers and inputs
     assert exact <= p["allocated_after_step_bytes"] <= exact + 511 * blocks
     assert p["activation_bytes_paper"] == p["max_allocated_bytes"] - p["allocated_after_step_bytes"]
+
+
+# ---- the record: what predict returns, what the backend adds, the JSON it is saved as ---------------------------
+
+PREDICT_KEYS = ["max_allocated_bytes", "max_reserved_bytes", "allocated_after_step_bytes", "start_allocated_bytes",
+                "activation_bytes_paper", "cublas_workspace_bytes", "context_bytes", "nvidia_smi_bytes", "segments",
+                "alloc_conf", "first_step", "phases", "oom"]
+BACKEND_KEYS = ["context_source", "gpu", "sdpa_backends", "kernel_allocations", "approximate"]
+
+
+def test_predict_returns_a_record_that_reads_like_its_json_dict():
+    from membench.gpu.predict import PredictedCuda
+
+    p = predict(hand_traced(), context_bytes=300 * MiB)
+    assert isinstance(p, PredictedCuda) and list(p.to_dict()) == PREDICT_KEYS + BACKEND_KEYS
+    assert p["max_reserved_bytes"] == p.max_reserved_bytes == 42 * MiB and p.get("no such key") is None
+    assert p.gpu is None and p.sdpa_backends == {} and p.approximate == ["context_bytes", "nvidia_smi_bytes"]
+
+
+def test_a_result_saves_the_record_as_todays_dict_and_loads_it_back():
+    """RunResult.predicted_cuda is a PredictedCuda; its JSON is the dict of 13 + 5 keys, in that order, and a
+    result loads back equal. A result saved before first_step and context_source existed loads too."""
+    import json
+
+    from membench import profile
+    from membench.backbones.tiny import tiny
+    from membench.gpu.predict import PredictedCuda
+    from membench.result import RunResult
+
+    model, ov = tiny("bert", layers=1)
+    r = profile(model, "lora", batch_size=2, seq_len=8, device="fake", overrides=ov)
+    assert isinstance(r.predicted_cuda, PredictedCuda) and r.predicted_cuda.gpu == r.gpu
+    saved = json.loads(r.to_json())
+    assert list(saved["predicted_cuda"]) == PREDICT_KEYS + BACKEND_KEYS
+    assert saved["predicted_cuda"]["max_reserved_bytes"] == r.predicted_cuda["max_reserved_bytes"]
+    assert RunResult.from_dict(saved) == r
+    old = dict(saved, predicted_cuda={k: v for k, v in saved["predicted_cuda"].items()
+                                      if k not in ("first_step", "context_source")})
+    p = RunResult.from_dict(old).predicted_cuda
+    assert p.context_source == "GPU table (typical, lazy loading)"
+    assert p.first_step == {"max_allocated_bytes": p.max_allocated_bytes, "max_reserved_bytes": p.max_reserved_bytes}

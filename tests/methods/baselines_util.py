@@ -5,31 +5,28 @@ from __future__ import annotations
 import torch
 
 from membench import methods
+from membench.backbones import FAMILIES as REGISTRY
 from membench.backbones.tiny import FAMILY_MODELS, tiny_overrides
-from membench.runner import build, build_device
-
-from .meft.meft_helpers import is_meft
+from membench.runner import build
+from membench.spec import MethodSpec, RunSpec
 
 FAMILIES = sorted(FAMILY_MODELS)
 # Every registered method (so a new one is tested without editing a list), except
 # - modifiers (`ckpt`, `chunkloss`): names() leaves them out; the tests combine methods with `+ckpt` themselves;
-# - the MEFT variants (options: MeftOptions): tests/methods/meft/ checks their gradients against plain
-#   autograd, every family and variant. The rule is their options class, not their names (membench's Method
-#   has no "tested elsewhere" flag, and the tests do not add one to the package).
-METHODS = sorted(n for n in methods.names() if not is_meft(n))
+# - the reversible ones (Method.reversible: the MEFT variants): tests/methods/meft/ checks their gradients
+#   against plain autograd, every family and variant.
+METHODS = sorted(n for n in methods.names() if not methods.get(n).reversible)
 
 
 def applies(family: str, method: str) -> bool:
-    """Prefix tuning prepends token prefixes: it refuses image models (the others apply everywhere)."""
-    from membench.backbones import FAMILIES as REGISTRY
-
-    return not (method.split("+")[0] == "prefix" and REGISTRY[family].modality != "text")
+    """Whether the method reads the family's inputs (Method.modalities: prefix tuning refuses image models)."""
+    return REGISTRY[family].modality in methods.get(MethodSpec.parse(method).base).modalities
 
 
 def overrides(family: str, method: str, layers: int = 2) -> dict:
     ov = tiny_overrides(family, layers=layers)
-    if family == "llama" and method.split("+")[0] == "bitfit":
-        ov.update(attention_bias=True, mlp_bias=True)  # Llama has no biases otherwise
+    if MethodSpec.parse(method).base == "bitfit":  # a family without biases by default gets them (Llama)
+        ov.update(dict.fromkeys(REGISTRY[family].bias_switches, True))
     return ov
 
 
@@ -38,9 +35,9 @@ def build_cpu(family: str, method: str, *, seed: int = 0, layers: int = 2, optio
     """(trainable model, batch, family) on CPU; the base weights depend only on `seed` and the overrides."""
     ov = overrides(family, base_method or method, layers)
     torch.manual_seed(seed)
-    with build_device("cpu"):
-        _, model, fam, config, _ = build(FAMILY_MODELS[family], method, device="cpu", overrides=ov,
-                                         method_options=options)
+    built = build(RunSpec(model=FAMILY_MODELS[family], method=method, device="cpu", overrides=ov,
+                          method_options=options or {}), inputs=False)
+    model, fam, config = built.model, built.family, built.config
     batch = fam.make_batch(config, batch_size, seq_len, torch.Generator().manual_seed(seed))
     return model, batch, fam
 

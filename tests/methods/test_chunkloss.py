@@ -7,26 +7,25 @@ import torch
 import torch.nn.functional as F
 
 from membench import profile
+from membench.backbones import FAMILIES
 from membench.backbones.tiny import tiny
 from membench.errors import UserError
-from membench.runner import build, build_device
+from membench.runner import build
+from membench.spec import RunSpec
 
 MiB = 2**20
-LM_FAMILIES = ["opt", "gpt2", "llama", "bart"]
-NO_DROPOUT = {"opt": {"dropout": 0.0, "attention_dropout": 0.0},
-              "bart": {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
-              "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}, "llama": {}}
+LM_FAMILIES = [name for name, family in FAMILIES.items() if family.language_model]
 SEQ = 13
 
 
 def _pair(family_name, method="full", dtype="fp64", **options):
     """The plain model and the same weights with +chunkloss, and a batch with ignored tokens."""
     model, ov = tiny(family_name, layers=2)
-    ov.update(NO_DROPOUT[family_name])
-    with build_device("cpu"):
-        _, plain, family, config, _ = build(model, method, dtype=dtype, device="cpu", overrides=ov)
-        _, chunked, _, _, _ = build(model, f"{method}+chunkloss", dtype=dtype, device="cpu", overrides=ov,
-                                    method_options=options)
+    ov.update(FAMILIES[family_name].dropout_overrides())
+    spec = RunSpec(model=model, method=method, dtype=dtype, device="cpu", overrides=ov)
+    plain_built = build(spec, inputs=False)
+    plain, family, config = plain_built.model, plain_built.family, plain_built.config
+    chunked = build(spec.replace(method=f"{method}+chunkloss", method_options=options), inputs=False).model
     chunked.load_state_dict(plain.state_dict())
     batch = family.make_batch(config, 3, SEQ, torch.Generator().manual_seed(1))
     batch["labels"][0, 4:7] = -100  # padding inside a row
@@ -129,9 +128,7 @@ def test_options_and_refusals():
 
 @pytest.mark.parametrize("method", ["meft3+chunkloss", "lora+ckpt+chunkloss", "full+ckpt+chunkloss"])
 def test_combines_with_other_methods(family_name, method):
-    from membench.backbones import FAMILIES
-
-    if FAMILIES[family_name].task not in ("causal-lm", "seq2seq-lm"):
+    if not FAMILIES[family_name].language_model:
         pytest.skip("classification heads")
     model, ov = tiny(family_name, layers=2)
     plain = profile(model, method.removesuffix("+chunkloss"), batch_size=2, seq_len=16, device="fake", overrides=ov)

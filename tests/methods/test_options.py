@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from membench import profile
+import pytest
+
+from membench import UserError, profile
 from membench.backbones.tiny import tiny
 
 
@@ -43,3 +45,38 @@ def test_list_verbose_shows_resolved_defaults_never_placeholders(cli, monkeypatc
     for placeholder in ("lam=-1", "beta=-1", "r=0", "_restore_rng", "variant=meft"):
         assert placeholder not in flat, placeholder
     assert "lam=1.0, beta=0.1, r=64" in flat  # meft2 on a decoder family, as it runs
+
+
+@pytest.mark.parametrize(("method", "option", "message"), [
+    ("lora", "r=0", "option lora.r=0: the rank must be a positive integer"),
+    ("lora", "r=-1", "option lora.r=-1: the rank must be a positive integer"),
+    ("lora", "dropout=1.5", "option lora.dropout=1.5: must be in [0, 1)"),
+    ("houlsby", "r=0", "option houlsby.r=0: the bottleneck width must be a positive integer"),
+    ("pfeiffer", "dropout=-0.1", "option pfeiffer.dropout=-0.1: must be in [0, 1)"),
+    ("houlsby", "std=-1", "option houlsby.std=-1.0: must be >= 0"),
+    ("prefix", "num_virtual_tokens=0", "option prefix.num_virtual_tokens=0: must be a positive integer"),
+    ("prefix", "encoder_hidden_size=-4", "option prefix.encoder_hidden_size=-4: must be >= 0"),
+    ("meft3", "lam=0", "lam and beta must be > 0"),
+])
+def test_numeric_options_are_checked_before_the_model_is_built(cli, monkeypatch, method, option, message):
+    """Every method's numeric options as `-o lam=0` is: one line, exit 2, before any model is built (peft
+    would raise its own traceback for lora r=0)."""
+    from membench.backbones.base import Family
+
+    def no_build(*a, **k):
+        raise AssertionError("the model was built before the options were checked")
+
+    monkeypatch.setattr(Family, "build", no_build)
+    code, _out, err = _cli_run(cli, "--method", method, "-o", option)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+def test_a_checked_option_names_its_field():
+    """A sweep points at the option's line in its file by the error's field."""
+    from membench import methods
+    from membench.backbones import FAMILIES
+
+    with pytest.raises(UserError) as err:
+        methods.get("lora").make_config(FAMILIES["bert"], {"r": 0})
+    assert err.value.field == ("option", "r")

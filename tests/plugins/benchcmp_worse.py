@@ -13,6 +13,7 @@ import os
 
 from membench.methods import register
 from membench.methods.base import Method
+from membench.methods.trainable import everything
 
 EXTRA_SAVE_ENV = "MEMBENCH_TEST_EXTRA_SAVE"
 
@@ -31,10 +32,11 @@ class GateProbe(Method):
     def apply(self, model, family, cfg):
         from torch import nn
 
-        for p in model.parameters():
-            p.requires_grad_(True)
         if os.environ.get(EXTRA_SAVE_ENV) == "1":
             first_layer = next(iter(family.stacks(model).values()))[0]
             linear = next(m for m in first_layer.modules() if isinstance(m, nn.Linear))
             linear.register_forward_hook(_save_one_more)
         return model
+
+    def trainable(self, model, family, cfg):
+        return everything

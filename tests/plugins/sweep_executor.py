@@ -16,7 +16,8 @@ from membench.sweep.executors import Executor
 def fake_result(spec) -> dict:
     tokens = spec.batch_size * spec.seq_len
     return {"model": spec.model, "method": spec.method, "batch_size": spec.batch_size, "seq_len": spec.seq_len,
-            "dtype": spec.dtype, "device": spec.device, "activation_bytes": 1000 * tokens,
+            "dtype": spec.dtype, "device": spec.device, "attn": spec.attn, "target": spec.target, "gpu": spec.gpu,
+            "optimizer": spec.optimizer, "activation_bytes": 1000 * tokens,
             "peak_activation_bytes": 1500 * tokens, "param_bytes": 10_000, "trainable_param_bytes": 10_000,
             "grad_bytes": 10_000, "optimizer_bytes": 20_000, "estimated_peak_bytes": 40_000 + 1500 * tokens,
             "layers": [{"name": "embeddings", "activation_bytes": 10 * tokens, "recompute_bytes": 0},

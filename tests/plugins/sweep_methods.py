@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from membench.methods import register
 from membench.methods.base import Method, MethodConfig
+from membench.methods.trainable import everything
 
 
 @dataclass
@@ -31,9 +32,6 @@ class _Inject(Method):
         raise NotImplementedError
 
     def apply(self, model, family, cfg):
-        for p in model.parameters():
-            p.requires_grad_(True)
-
         def hook(module, args, kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
             if ids is not None and ids.shape[0] >= cfg.at:
@@ -41,6 +39,9 @@ class _Inject(Method):
 
         model.register_forward_pre_hook(hook, with_kwargs=True)
         return model
+
+    def trainable(self, model, family, cfg):
+        return everything
 
 
 @register

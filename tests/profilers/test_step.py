@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from membench.profilers import profile_step
+from membench.profilers import StepPlan, profile_step
 
 
 class Two(nn.Module):
@@ -46,7 +46,7 @@ def test_breakdown_counted_by_hand():
 def test_without_live_tracker():
     m, x = Two(), torch.randn(3, 16)
     with_live = profile_step(m, (x,))
-    bare = profile_step(m, (x,), track_live=False)
+    bare = profile_step(m, (x,), StepPlan(track_live=False))
     assert bare.activation_bytes == with_live.activation_bytes
     assert bare.peak_activation_bytes == bare.activation_bytes  # no tracker: the saved total
     assert bare.peak_by_phase == {}

@@ -13,6 +13,7 @@ from .fixture_db import build_fixture_db
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from membench.report.data import load_report_data
+    from membench.result import RunRecord
     from membench.results import config_of, load, load_result, store_result
 
     db = build_fixture_db(tmp_path_factory.mktemp("semantics") / "f.db")
@@ -20,8 +21,8 @@ def data(tmp_path_factory):
     row = load(db, kind="train").iloc[0]
     r = load_result(db, int(row["run_id"]))
     cfg = config_of(r) | {"task": "rotten_tomatoes", "kind": "train", "limit": 200}
-    store_result(db, r, kind="train", config=cfg, metrics={"accuracy": 0.66, "majority_accuracy": 0.605,
-                                                           "n_train": 160, "n_test": 20})
+    store_result(db, RunRecord(result=r, kind="train", config=cfg,
+                               metrics={"accuracy": 0.66, "majority_accuracy": 0.605, "n_train": 160, "n_test": 20}))
     return load_report_data(db)
 
 

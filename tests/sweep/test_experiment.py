@@ -42,6 +42,6 @@ def test_early_stop_spellings(given, axis):
 def test_bad_values_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="unknown model 'opt-9000'"):
         xp.resolve(None, models=["opt-9000"], methods=["full"], seq_lens=[8], batch_sizes=[1], device="fake")
-    with pytest.raises(UserError, match="--timeout must be positive"):
+    with pytest.raises(UserError, match="--timeout: must be positive"):
         xp.resolve(None, models=["opt-125m"], methods=["full"], seq_lens=[8], batch_sizes=[1], device="fake",
                    timeout=0)

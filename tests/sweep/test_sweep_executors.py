@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from membench import results
+from membench.result import RunRecord, RunResult
+from membench.spec import RunSpec
 from membench.sweep import Grid, LocalExecutor, run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,9 +32,12 @@ def test_spawn_executor_records_ok_and_oom(tmp_path, monkeypatch):
     plugin_env(monkeypatch)
     db = tmp_path / "spawn.db"
     specs = Grid(models=["opt-125m"], methods=["oomtest"], seq_lens=[16], batch_sizes=[1, 2], dtypes=["fp32"],
-                 device="fake", tiny=True).expand()
+                 run=RunSpec(device="fake", tiny=True)).expand()
     summary = run_sweep(specs, db=db, executor=LocalExecutor(start_method="spawn"), timeout=300)
     assert summary.counts == {"ok": 1, "oom": 1}
+    records = {spec.batch_size: record for spec, record in summary.records}  # from each run's JSON
+    assert all(isinstance(r, RunRecord) for r in records.values()) and isinstance(records[1].result, RunResult)
+    assert records[2].result is None and "out of memory" in records[2].error.lower()
     df = results.load(db)
     assert dict(zip(df["batch_size"], df["status"], strict=True)) == {1: "ok", 2: "oom"}
     ok = df.set_index("batch_size").loc[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -14,6 +15,7 @@ import pytest
 
 from membench import results
 from membench.errors import UserError
+from membench.result import RunRecord
 from membench.sweep import Grid, RunSpec, load_experiment, run_sweep
 from membench.sweep.spec import axis_group
 
@@ -23,11 +25,16 @@ REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "tests" / "plugins"
 
 
+RUN_OPTIONS = {f.name for f in dataclasses.fields(RunSpec)}
+
+
 def grid(**kw) -> Grid:
+    """A grid; run options (device, target, ...) given by name go to every run (Grid.run)."""
+    run = {"device": "fake", **{k: kw.pop(k) for k in list(kw) if k in RUN_OPTIONS and k != "method_options"}}
     base = dict(models=["opt-125m", "gpt2"], methods=["full", "lora"], seq_lens=[128, 256],
-                batch_sizes=[16, 1, 4], dtypes=["bf16"], device="fake")
+                batch_sizes=[16, 1, 4], dtypes=["bf16"])
     base.update(kw)
-    return Grid(**base)
+    return Grid(**base, run=RunSpec(**run))
 
 
 def test_grid_expands_every_combination_batch_innermost():
@@ -74,9 +81,9 @@ def test_key_is_stable_and_covers_everything():
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"models": []}, "empty grid: --models"),
-    ({"batch_sizes": []}, "empty grid: --batch-sizes"),
-    ({"batch_sizes": [1, 4, 1]}, "duplicate value 1 in --batch-sizes"),
+    ({"models": []}, "--models: empty grid"),
+    ({"batch_sizes": []}, "--batch-sizes: empty grid"),
+    ({"batch_sizes": [1, 4, 1]}, "--batch-sizes: duplicate value 1"),
     ({"methods": ["lora", "lora"]}, "duplicate value 'lora'"),
     ({"dtypes": ["bf16", "bfloat16"]}, "duplicate dtype"),
     ({"seq_lens": [0]}, "not a positive integer"),
@@ -94,7 +101,7 @@ def sha(path: Path) -> str:
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--methods", "full", "--seq-lens", "16", "--batch-sizes", "1"], "empty grid: --models"),
+    (["--models", "opt-125m", "--methods", "full", "--seq-lens", "16", "--batch-sizes", "0"], "--batch-sizes: 0 is not"),
     (["--models", "opt-125m", "--methods", "full", "--seq-lens", "16", "--batch-sizes", "1,2,1"], "duplicate value 1"),
     (["--models", "opt-125m", "--methods", "full", "--seq-lens", "16,x", "--batch-sizes", "1"], "not an integer"),
     (["--models", "opt-9000", "--methods", "full", "--seq-lens", "16", "--batch-sizes", "1"], "unknown model"),
@@ -105,7 +112,7 @@ def sha(path: Path) -> str:
 ])
 def test_bad_cli_input_exit_2_db_untouched(tmp_path, cli, args, match):
     db = tmp_path / "keep.db"
-    results.store_result(db, None, status="oom", config={"model": "x"}, key="precious")
+    results.store_result(db, RunRecord(status="oom", config={"model": "x"}), key="precious")
     before = sha(db)
     code, _out, err = cli("sweep", *args, "--db", str(db), "--device", "fake")
     assert code == 2, err
@@ -203,8 +210,8 @@ def test_resume_skips_done_and_rerun_forces(tmp_path):
 def test_failed_runs_are_retried_on_resume(tmp_path):
     db = tmp_path / "r.db"
     specs = grid(models=["opt-125m"], methods=["full"], seq_lens=[16], batch_sizes=[1, 2]).expand()
-    results.store_result(db, None, status="failed", config=specs[0].to_dict(), key=specs[0].key(), error="x")
-    results.store_result(db, None, status="oom", config=specs[1].to_dict(), key=specs[1].key(), error="x")
+    results.store_result(db, RunRecord(status="failed", config=specs[0].to_dict(), error="x"), key=specs[0].key())
+    results.store_result(db, RunRecord(status="oom", config=specs[1].to_dict(), error="x"), key=specs[1].key())
     ex = FakeExecutor()
     run_sweep(specs, db=db, executor=ex)
     assert ex.submitted == [specs[0]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -53,6 +54,43 @@ def test_injected_oom_recorded_and_sweep_goes_on(tmp_path):
     oom = df[df["status"] == "oom"]
     assert oom["activation_bytes"].isna().all() and set(oom["model"]) == {"opt-125m"}
     assert "skipped 1 (early stop)" in out.stdout.replace("\n", "")
+
+
+def words(text: str) -> str:
+    """The text with its line breaks (rich wraps at the terminal's width) as single spaces."""
+    return " ".join(text.split())
+
+
+def _ran(stdout: str) -> int:
+    """How many runs a sweep ran itself, from its last line ('4 runs: 0 already stored, ran 2 in ...')."""
+    found = re.search(r"ran (\d+) in", words(stdout))
+    assert found, stdout[-2000:]
+    return int(found.group(1))
+
+
+def test_two_identical_sweeps_at_once_split_the_runs_and_run_none_twice(tmp_path):
+    db = tmp_path / "shared.db"
+    # each run sleeps 3 s, so both sweeps are still busy when the later one has started
+    cmd = sweep_cmd(db, "--methods", "hangtest", "--batch-sizes", "1,2,3,4", "--option", "hangtest.at=1",
+                    "--option", "hangtest.seconds=3", "--name", "twins")
+    procs = [subprocess.Popen(cmd, env=env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    ran = [_ran(out) for out, _ in outs]
+    assert sum(ran) == 4 and min(ran) >= 1, ran  # the work was split, none of it done twice
+    df = results.load(db)
+    assert len(df) == 4 and df["key"].is_unique and (df["status"] == "ok").all()
+    assert (df["attempts"] == 1).all()  # a run stored twice would count 2 attempts
+    assert list(df["run_id"]) == [1, 2, 3, 4] and (df["sweep"] == "twins").all()
+    for (out, _err), other in zip(outs, reversed(procs), strict=True):
+        line = words(out)
+        stored_before = int(re.search(r"(\d+) already stored", line).group(1))  # if it started much later
+        n = 4 - _ran(out) - stored_before  # the rest: the other sweep's (named by its pid when seen holding it)
+        assert re.search(rf"{n} claimed by another sweep( \(pid {other.pid}\))? and run there", line), line
+        assert "failed 0" in line
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM claims").fetchone() == (0,)
 
 
 def _children(pid: int) -> list[int]:
@@ -108,7 +146,9 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
     assert stored == 1
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    claims = conn.execute("SELECT pid FROM claims").fetchall()
     conn.close()
+    assert claims == [(proc.pid,)]  # the killed sweep still holds batch 2, the run it had in flight
     before = results.load(db)
     assert len(before) == 1 and (before["status"] == "ok").all()
     # the forkserver and the (hanging) run in flight die with the driver: no orphans
@@ -123,6 +163,9 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
     out = subprocess.run(fake, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert f"{len(before)} already stored" in out.stdout.replace("\n", " ")
+    # its owner is dead: the next sweep takes the claim over at once (not after the lease), and says so
+    assert f"1 taken over from a stopped sweep (pid {proc.pid})" in words(out.stdout)
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM claims").fetchone() == (0,)
     after = results.load(db)
     assert len(after) == 3 and after["key"].is_unique and sorted(after["batch_size"]) == [1, 2, 3]
     assert (after["status"] == "ok").all()

@@ -17,6 +17,7 @@ import pytest
 
 from membench import results
 from membench.errors import UserError
+from membench.spec import RunSpec
 from membench.sweep import Grid, load_experiment
 from membench.sweep.spec import TrainSpec, axis_group, expand_train
 
@@ -87,7 +88,7 @@ def test_train_table_expands_per_method_hyper_parameters(tmp_path):
     assert specs_of(EXPERIMENT, tmp_path, device="fake")[0].config["device"] is None
     # a training run and a memory run never share a key
     mem = Grid(models=["bert-base"], methods=["full"], seq_lens=[64], batch_sizes=[16], dtypes=["fp32"],
-               device="cpu").expand()[0]
+               run=RunSpec(device="cpu")).expand()[0]
     assert mem.key() not in keys
 
 
@@ -213,12 +214,12 @@ def test_sweep_worker_train_failure_becomes_a_record(monkeypatch):
     monkeypatch.setattr(train, "run_training", boom)
     spec = TrainSpec(config={"method": "lora", "batch_size": 4, "max_length": 32, "dtype": "fp32", "epochs": 1})
     record = worker.execute(spec.to_dict())
-    assert record["status"] == "failed" and "injected training crash" in record["error"]
+    assert record.status == "failed" and "injected training crash" in record.error
 
     def oom(config, progress=None):
         raise MemoryError("no host memory")
 
     monkeypatch.setattr(train, "run_training", oom)
-    assert worker.execute(spec.to_dict())["status"] == "oom"
+    assert worker.execute(spec.to_dict()).status == "oom"
     with pytest.raises(UserError, match="give the methods as `methods`"):
         expand_train({"method": "full", "methods": ["full"]})

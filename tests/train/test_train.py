@@ -62,6 +62,7 @@ def test_config_rejects_unknown_options():
     (["--method", "nosuchmethod"], "unknown method"),
     (["--dataset", "/nonexistent/folder"], "no such folder"),
     (["--model", "bert-base", "--pretrained", "/x"], "not both"),
+    (["--no-db"], "--no-db stores nothing, yet --db"),  # (with the --db every case gives)
 ])
 def test_bad_input_is_one_line_exit_2(cli, tmp_path, args, msg):
     code, out, err = cli("train", "--db", str(tmp_path / "t.db"), *args)

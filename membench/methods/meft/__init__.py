@@ -9,14 +9,15 @@ from __future__ import annotations
 import dataclasses
 
 from .. import register
-from .._heads import train_task_head
 from ..base import Method
+from ..trainable import among, either, task_head
 from .config import MeftOptions
 from .inject import install, plain_autograd, pretrained_mode, stacks_of, tracing
 
 
 class _Meft(Method):
     Config = MeftOptions
+    reversible = True
 
     def defaults(self, family):
         return {"variant": self.name}
@@ -35,16 +36,14 @@ class _Meft(Method):
 
                 raise UserError(f"{self.name}: {key}={getattr(config, key)} would skip layers of a reversible "
                                 f"stack; set --override {key}=0")
-        for p in model.parameters():
-            p.requires_grad_(False)
         install(model, family, opts)
-        train_task_head(model, family)
-        for stack in stacks_of(model):
-            for shim in stack.shims:
-                for n, p in shim.named_parameters():
-                    if not n.startswith("layer."):
-                        p.requires_grad_(True)
         return model
+
+    def trainable(self, model, family, cfg):
+        """The adapters (and a merge layer) on the shims, not the PLM layers they wrap; a classifier's head."""
+        added = [p for stack in stacks_of(model) for shim in stack.shims
+                 for name, p in shim.named_parameters() if not name.startswith("layer.")]
+        return either(among(added), task_head(model, family))
 
 
 @register

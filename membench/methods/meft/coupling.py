@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._bottleneck import Bottleneck
+from .._bottleneck import Bottleneck, BottleneckShape
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,11 @@ class BlockCall(nn.Module):
         return fn(x.to(compute_dtype), args, kwargs).to(x.dtype)
 
 
-def attach_adapters(shim: nn.Module, family, variant: str, d: int, r: int, activation: str, dropout: float) -> None:
+def attach_adapters(shim: nn.Module, family, variant: str, d: int, shape: BottleneckShape) -> None:
     """Create the variant's adapters on `shim` (device/dtype of the layer) and hook the in-layer ones."""
     layer = shim.layer
     ref = next(layer.parameters())
-    make = lambda: Bottleneck(d, r, activation=activation, dropout=dropout, device=ref.device, dtype=ref.dtype)  # noqa: E731
+    make = lambda: Bottleneck(d, shape, device=ref.device, dtype=ref.dtype)  # noqa: E731
     shim.ffn_adapter = make()
     ffn_in, ffn_out = family.ffn_in(layer), family.ffn_out(layer)
     for m in (ffn_in, ffn_out):

@@ -21,6 +21,7 @@ import contextlib
 import torch
 from torch import nn
 
+from .._bottleneck import BottleneckShape
 from .coupling import VARIANTS, BlockCall, Coupling, attach_adapters
 from .reversible import StackCall, run_stack
 
@@ -175,11 +176,10 @@ def install(model, family, opts) -> list[MeftStack]:
         shims = []
         for j, i in enumerate(range(opts.frozen_bottom, n)):
             shim = MeftLayer(layers[i], j)
-            attach_adapters(shim, family, opts.variant, d, opts.r, act, opts.dropout)
+            attach_adapters(shim, family, opts.variant, d, BottleneckShape(opts.r, act, opts.dropout))
             layers[i] = shim
             shims.append(shim)
-        decoder = family.decoder or name == "decoder"
-        stack = MeftStack(name, shims, family, opts, decoder)
+        stack = MeftStack(name, shims, family, opts, family.causal(name))
         if stack.output == "merge":
             ref = next(shims[-1].layer.parameters())
             merge = nn.Linear(2 * d, d, device=ref.device, dtype=ref.dtype)

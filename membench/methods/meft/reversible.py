@@ -45,11 +45,12 @@ What makes the recompute equal to the forward (meft-notes section 4):
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 
 from ...backbones.residual import residual_sink
-from .coupling import SEQ_DIM
+from .coupling import SEQ_DIM, Coupling
 
 
 def _rng_state(device: torch.device):
@@ -286,6 +287,16 @@ def _grad(root: list, wrt: list, dy: torch.Tensor, start: int | None = None):
     return torch.autograd.grad(out, wrt, dy, allow_unused=True)
 
 
+@dataclass(frozen=True)
+class _Part:
+    """What one recompute runs: F or G of one layer, with the RNG state it ran from in forward."""
+
+    coupling: Coupling
+    which: str  # "F" or "G"
+    layer: int  # its index in the stack (its parameters: StackCall.params[layer])
+    rng: tuple  # _rng_state before it ran
+
+
 class _Backward:
     """One backward call of a ReversibleStack: recomputes F and G layer by layer (module docstring) and
     collects the gradients of the per-call inputs (`ctx_grads`) and of each layer's parameters."""
@@ -309,19 +320,19 @@ class _Backward:
         recomputes: x2 is written over y2, x1 over y1, dy1' over dy1 and dx2 over dy2."""
         y1, y2, dy1, dy2 = streams
         streams.clear()
-        c, params = self.call.couplings[i], self.call.params[i]
+        c = self.call.couplings[i]
         if c.swap:  # the layer's outputs went out as (y2, y1)
             y1, y2, dy1, dy2 = y2, y1, dy2, dy1
         s_f, s_g = self.states[i]
         ckpt = self.ckpts.get(i)
         # g = G(y1) recomputed;  x2 = (y2 - g) / beta over y2;  dy1' = dy1 + J_G^T dy2 into dy1
         x2 = y2 if ckpt is None else ckpt[1]
-        self.recompute(c, "G", y1, s_g, dy2.value(), params, i, None if ckpt else _Inverse(y2, c.beta), dy1)
+        self.recompute(_Part(c, "G", i, s_g), y1, dy2.value(), None if ckpt else _Inverse(y2, c.beta), dy1)
         del y2
         # f = F(x2) recomputed;  x1 = (y1 - f) / lam over y1;  dx2 = beta * dy2 + J_F^T dy1' into dy2
         x1 = y1 if ckpt is None else ckpt[0]
         need_x = i > 0 or self.need_dh  # the bottom F's dx is only needed for dh
-        self.recompute(c, "F", x2, s_f, dy1.value(), params, i, None if ckpt else _Inverse(y1, c.lam),
+        self.recompute(_Part(c, "F", i, s_f), x2, dy1.value(), None if ckpt else _Inverse(y1, c.lam),
                        dy2.scale(c.beta) if need_x else None)
         del y1
         dx1, dx2 = dy1.scale(c.lam), dy2  # dx1 = lam * dy1'
@@ -362,32 +373,34 @@ class _Backward:
     def _call(self, fn, x):
         return fn(x, self.args, self.kwargs, self.call.compute_dtype)
 
-    def recompute(self, c, which, x, state, dy, params, layer, inverse=None, dx=None):
-        """F or G of coupling c again, with grad, and its backward with gradient dy: the parameter and
-        context gradients are accumulated, J^T dy is added into `dx` (a `_Grad`; None: nobody needs it),
+    def recompute(self, part: _Part, x, dy, inverse=None, dx=None):
+        """F or G of one layer (`part`) again, with grad, and its backward with gradient dy: the parameter
+        and context gradients are accumulated, J^T dy is added into `dx` (a `_Grad`; None: nobody needs it),
         and `inverse` gets the recomputed output before the backward runs.
 
         dx=None: x is then not a graph input, so autograd neither records nor back-propagates the
         part of fn that only leads to x (e.g. MEFT1's attention below the FFN adapter)."""
+        c, which, params = part.coupling, part.which, self.call.params[part.layer]
         if c.chunked(which):
-            return self.recompute_in_chunks(c, which, x, state, dy, params, layer, inverse, dx)
+            return self.recompute_in_chunks(part, x, dy, inverse, dx)
         xd = x.detach().requires_grad_() if dx is not None else x.detach()
-        with self.replaying(state), self.forward_mode(), self.routing(xd, dx):
+        with self.replaying(part.rng), self.forward_mode(), self.routing(xd, dx):
             out = [self._call(getattr(c, which), xd)]
         if inverse is not None:
             inverse(out[0].detach())
-        self.accumulate(self._backprop(out, xd, dx, dy, params), layer)
+        self.accumulate(self._backprop(out, xd, dx, dy, params), part.layer)
 
-    def recompute_in_chunks(self, c, which, x, state, dy, params, layer, inverse, dx):
+    def recompute_in_chunks(self, part: _Part, x, dy, inverse, dx):
         """The same with F/G = tail(head(x)), the token-wise tail over chunks of the sequence:
 
             z = head(x)  (graph kept);   per chunk j:  out_j = tail(z_j),  dz_j = J_tail^T dy_j
             then back through the head with dz (without a head, dz is dx: added chunk by chunk).
         Dropout draws in forward's order (head, then chunk by chunk), so the masks replay."""
-        head, tail = c.head(which), c.tail(which)
+        c, params = part.coupling, self.call.params[part.layer]
+        head, tail = c.head(part.which), c.tail(part.which)
         xd = x.detach().requires_grad_() if dx is not None else x.detach()
         total: list = [None] * (len(self.ctx_in) + len(params))
-        with self.replaying(state):
+        with self.replaying(part.rng):
             with self.forward_mode(), self.routing(xd, dx):
                 z = [self._call(head, xd) if head is not None else xd]
             # J_tail^T dy, chunk by chunk: dx itself without a head, else the head output's gradient
@@ -405,7 +418,7 @@ class _Backward:
         if head is not None and dz is not None:
             total = _sum_grads(total, self._backprop(z, xd, dx, dz.t, params))
             del dz
-        self.accumulate(total, layer)
+        self.accumulate(total, part.layer)
 
     def _backprop(self, root: list, x, dx, dy, params, start=None) -> tuple:
         """Backward of root[0] (see _grad) with gradient dy, or its chunk at `start`: J^T dy is added into

@@ -4,46 +4,44 @@ from __future__ import annotations
 
 import torch
 
-from membench import methods
+from membench import backbones, methods
 from membench.backbones.tiny import FAMILY_MODELS, tiny_overrides
-from membench.methods.meft import MeftOptions, plain_autograd, tracing
-from membench.runner import build, build_device
+from membench.methods.meft import plain_autograd, tracing
+from membench.runner import build
+from membench.spec import RunSpec
 
 FAMILIES = sorted(FAMILY_MODELS)
+TEXT_FAMILIES = sorted(f for f in FAMILIES if backbones.FAMILIES[f].modality == "text")  # batches with padding
 
 
-def is_meft(name: str) -> bool:
-    """A MEFT variant: a registered method whose options are `MeftOptions` (every variant is defined so).
-
-    This suite tests every one of them; the baseline tests (tests/methods/baselines_util.py) every other."""
-    return issubclass(methods.get(name).Config, MeftOptions)
-
-
-VARIANTS = tuple(sorted(n for n in methods.names() if is_meft(n)))  # a new variant is tested here as is
+# every reversible method (Method.reversible: the MEFT variants), so a new variant is tested here as is;
+# the baseline tests (tests/methods/baselines_util.py) test every other method
+VARIANTS = tuple(sorted(n for n in methods.names() if methods.get(n).reversible))
 PAPER = {"meft1": (0.1, 1.0), "meft2": (1.0, 0.1), "meft3": (0.1, 0.1)}
 
-NODROP = {"bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-          "roberta": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-          "bart": dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
-          "opt": dict(dropout=0.0, attention_dropout=0.0),
-          "gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
-          "llama": dict(attention_dropout=0.0),
-          "vit": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)}
-# dropout on everywhere a family has it (Llama has none in its layers: adapters' dropout still applies)
-DROP = {family: {key: 0.2 for key in keys} for family, keys in NODROP.items()}
+# make(dropout=True): this dropout everywhere a family has it (Family.dropout_overrides) and in the adapters
+# (Llama's layers have only attention dropout: the adapters' still applies)
+DROPOUT = 0.2
+
+
+def rotation(families=None, start: int = 0) -> dict[str, str]:
+    """family -> a MEFT variant, the variants taken in turn over `families` (default: every family) in the
+    registry's order, from VARIANTS[start]: every variant runs, on a different family each, at the cost of one."""
+    names = [f for f in backbones.FAMILIES if families is None or f in families]
+    return {f: VARIANTS[(start + i) % len(VARIANTS)] for i, f in enumerate(names)}
 
 
 def make(family: str, variant: str, layers: int = 2, *, dtype: str = "fp64", dropout: bool = False,
          options: dict | None = None, hidden: int = 16, seed: int = 0, device: str = "cpu"):
     """(model, family object, config) of a tiny `family` model with `variant` applied."""
     ov = tiny_overrides(family, layers=layers, hidden=hidden)
-    ov.update(DROP[family] if dropout else NODROP[family])
-    opts = {"dropout": 0.2 if dropout else 0.0}
+    ov.update(backbones.FAMILIES[family].dropout_overrides(DROPOUT if dropout else 0.0))
+    opts = {"dropout": DROPOUT if dropout else 0.0}
     opts.update(options or {})
     torch.manual_seed(seed)
-    with build_device(device):
-        _base, model, fam, config, _cfg = build(FAMILY_MODELS[family], variant, dtype=dtype, device=device,
-                                                overrides=ov, method_options=opts)
+    built = build(RunSpec(model=FAMILY_MODELS[family], method=variant, dtype=dtype, device=device,
+                          overrides=ov, method_options=opts), inputs=False)
+    model, fam, config = built.model, built.family, built.config
     model.train()
     return model, fam, config
 

@@ -7,10 +7,9 @@ import pytest
 from membench import profile
 from membench.backbones.tiny import FAMILY_MODELS, text_seq, tiny_overrides
 
-from .meft_helpers import FAMILIES
+from .meft_helpers import FAMILIES, rotation
 
-ROTATE = {"bert": "meft1", "roberta": "meft2", "bart": "meft3", "opt": "meft1", "gpt2": "meft2", "llama": "meft3",
-          "vit": "meft1"}
+ROTATE = rotation()
 B, S, D = 2, 32, 32
 
 

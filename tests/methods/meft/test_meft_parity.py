@@ -13,6 +13,7 @@ import torch
 import membench.methods.meft.reversible as reversible
 from membench.methods.meft import plain_autograd, stacks_of
 
+from . import meft_helpers as helpers
 from .meft_helpers import FAMILIES, PAPER, VARIANTS, batch, both_ways, make, max_errors, rel, step
 
 BOUND = 1e-9
@@ -131,8 +132,7 @@ def test_rng_state_after_step_and_bitwise_reproducible(family):
                                     for f in FAMILIES])
 def test_two_forwards_then_two_backwards(family):
     """Two micro-batches alive at once (dropout on): each keeps its own RNG states and inputs."""
-    variant = {"bert": "meft1", "roberta": "meft2", "bart": "meft3", "opt": "meft1", "gpt2": "meft2",
-               "llama": "meft3", "vit": "meft2"}[family]
+    variant = helpers.rotation()[family]
     lam, beta = PAPER[variant]
     model, fam, config = make(family, variant, 3, dropout=True, options={"lam": lam, "beta": beta})
     a, b = batch(fam, config, seed=1), batch(fam, config, seed=2, padded=True)
@@ -205,8 +205,7 @@ def test_parity_when_the_stack_input_needs_no_grad(family, variant, monkeypatch)
 
 @pytest.mark.parametrize("family,variant", [
     pytest.param(f, v, marks=() if f in ("opt", "llama") else pytest.mark.slow, id=f"{f}-{v}")
-    for f, v in [("bert", "meft3"), ("roberta", "meft1"), ("bart", "meft2"), ("opt", "meft3"), ("gpt2", "meft1"),
-                 ("llama", "meft2")]])
+    for f, v in helpers.rotation(helpers.TEXT_FAMILIES, start=2).items()])
 def test_padded_batches_replay_masks(family, variant):
     """Padding (and causal) masks, position ids, rotary embeddings are replayed at recompute."""
     model, fam, config = make(family, variant, 3, dropout=True)
