@@ -55,7 +55,7 @@ def oldest_pins(pyproject: str = "pyproject.toml") -> list[str]:
 
 
 def install(session: nox.Session) -> None:
-    session.install(TORCH, "-e", ".[dev]")
+    session.install(TORCH, "-e", ".[dev,quant]")
 
 
 @nox.session

@@ -56,6 +56,9 @@ def _pick(option: str, allowed: list[str], what: str) -> list[str]:
 
 
 def pytest_generate_tests(metafunc):
+    if "recipe_case" in metafunc.fixturenames:
+        metafunc.parametrize("recipe_case", _recipe_cases(metafunc.config))
+        return
     if "case" not in metafunc.fixturenames:
         return
     opt = metafunc.config.getoption
@@ -175,4 +178,47 @@ def test_method(benchmark, case, request):
     # mutate, never rebind: pytest-benchmark keeps a reference to this dict
     benchmark.extra_info.update(memory_info(result))
     benchmark.extra_info.update(family=family, config=config)
+    assert result.activation_bytes > 0
+
+
+# ---- the recipes people train with: precisions, optimizers, gradient accumulation (issue 20) --------------------
+# (precision, optimizer, gradient accumulation), on the tiny configs of `full` and `lora`; paged optimizers need a
+# CUDA target (fake only)
+RECIPES = (("bf16-mixed", "adamw", 1), ("16-mixed", "adamw", 1), ("bf16-true", "adamw", 1),
+           ("32-true", "adafactor", 1), ("32-true", "adamw-8bit", 1), ("32-true", "paged-adamw-8bit", 1),
+           ("32-true", "sgd-momentum", 1), ("32-true", "adamw", 2), ("bf16-mixed", "adamw-8bit", 2))
+RECIPE_METHODS = ("full", "lora")
+
+
+def _recipe_cases(config) -> list:
+    opt = config.getoption
+    families = _pick(opt("bench_models"), list(FAMILIES), "models")
+    devices = _pick(opt("bench_devices"), [*DEVICES, "cuda"], "devices") if opt("bench_devices") else list(DEVICES)
+    if opt("bench_methods"):  # a run narrowed to some method specs (bench-compare --allow-missing) has no recipes
+        return []
+    methods = list(RECIPE_METHODS)
+    return [pytest.param((family, method, recipe, device),
+                         id=f"{family}-tiny-{method}-{recipe[0]}-{recipe[1]}" + (f"-x{recipe[2]}" if recipe[2] > 1
+                                                                                 else "") + f"-{device}",
+                         marks=[pytest.mark.gpu] if device == "cuda" else [])
+            for family in families for method in methods for recipe in RECIPES for device in devices
+            if not (recipe[1].startswith("paged") and device == "cpu")]
+
+
+def test_recipe(benchmark, recipe_case, request):
+    import membench
+
+    family, method, (precision, optimizer, accum), device = recipe_case
+    from membench.backbones.tiny import FAMILY_MODELS
+
+    kw = {**profile_kwargs(family, "tiny", device), "dtype": None, "precision": precision, "optimizer": optimizer,
+          "grad_accum": accum}
+    benchmark.group = f"recipes {device}"
+    result = benchmark.pedantic(membench.profile, args=(FAMILY_MODELS[family], method), kwargs=kw, rounds=1,
+                                iterations=1, warmup_rounds=0)
+    benchmark.extra_info.update(memory_info(result))
+    benchmark.extra_info.update(family=family, config="tiny", precision=result.precision, optimizer=result.optimizer,
+                                grad_accum=result.grad_accum)
+    if result.predicted_cuda is not None:
+        benchmark.extra_info["predicted_cuda_bytes"]["paged_bytes"] = result.predicted_cuda.paged_bytes
     assert result.activation_bytes > 0

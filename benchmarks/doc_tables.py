@@ -52,6 +52,18 @@ CPU_ROW = ("bert-base", 16, 512, "fp32")  # one CPU-target row, so readers see w
 METHODS_SETTINGS = [("bert-base", 16, 512, "fp32"), ("opt-1.3b", 8, 512, "bf16"), ("vit-base", 64, None, "fp32")]
 FIT = {"model": "opt-1.3b", "methods": ["full", "lora", "meft3", "full+ckpt"], "gpu": "rtx4090-24gb",
        "seq_len": 512, "dtype": "bf16"}
+# docs/recipes.md: (model, method, batch, seq, gpu, [(precision, dtype or None, optimizer)]): the recipes people train
+# with, predicted for each GPU (a 16 GB-class V100 has no bf16)
+RECIPES = [
+    ("bert-large", "full", 4, 512, "v100-32gb",
+     [("32-true", None, "adamw"), ("16-true", None, "adamw"), ("16-mixed", None, "adamw"),
+      ("16-mixed", None, "adafactor"), ("16-mixed", None, "adamw-8bit"), ("32-true", None, "adafactor"),
+      ("32-true", None, "adamw-8bit"), ("32-true", None, "sgd-momentum")]),
+    *[("llama-2-7b", "lora", 2, 512, gpu,
+       [("bf16-true", None, "adamw"), ("bf16-mixed", "bf16", "adamw"), ("bf16-mixed", "bf16", "adamw-8bit"),
+        ("bf16-mixed", "bf16", "paged-adamw-8bit"), ("bf16-mixed", "bf16", "adafactor"),
+        ("bf16-mixed", None, "adamw")]) for gpu in ("a100-80gb", "rtx4090-24gb")],
+]
 SPEED_MODELS = {"opt-1.3b": {"wall_s": 20.0, "rss_gib": 1.0}, "llama-2-7b": {"wall_s": 60.0, "rss_gib": None}}
 
 
@@ -158,6 +170,31 @@ def measure_fit() -> dict:
             "rows": [r.to_dict() for r in rows]}
 
 
+def measure_recipes() -> dict:
+    from membench import profile
+
+    rows = []
+    for model, method, batch, seq, gpu, recipes in RECIPES:
+        for precision, dtype, optimizer in recipes:
+            r = profile(model, method, batch_size=batch, seq_len=seq, device="fake", gpu=gpu, precision=precision,
+                        dtype=dtype, optimizer=optimizer)
+            p = r.predicted_cuda
+            rows.append({"model": model, "method": method, "batch_size": batch, "seq_len": seq, "gpu": gpu,
+                         "precision": r.precision, "dtype": r.dtype, "optimizer": r.optimizer,
+                         "param_bytes": r.param_bytes, "optimizer_bytes": r.optimizer_bytes,
+                         "peak_activation_bytes": r.peak_activation_bytes, "max_allocated_bytes": p.max_allocated_bytes,
+                         "max_reserved_bytes": p.max_reserved_bytes, "paged_bytes": p.paged_bytes,
+                         "context_bytes": p.context_bytes, "nvidia_smi_bytes": p.nvidia_smi_bytes,
+                         "memory_bytes": _gpu_memory(gpu), "sdpa_backends": p.sdpa_backends})
+    return {"rows": rows}
+
+
+def _gpu_memory(gpu: str) -> int:
+    from membench.gpu import specs
+
+    return specs.get(gpu).memory_bytes
+
+
 def measure_speed() -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_profiler import SIZES, measure_overhead, profile_in_fresh_process
@@ -171,7 +208,7 @@ def measure_speed() -> dict:
 
 
 MEASURE = {"memory": measure_memory, "methods": measure_methods, "fit": measure_fit, "speed": measure_speed,
-           "chunks": measure_chunks}
+           "chunks": measure_chunks, "recipes": measure_recipes}
 
 
 # ---- how it is shown ----------------------------------------------------------------------------------------
@@ -309,6 +346,26 @@ def render_chunks(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_recipes(data: dict) -> str:
+    """docs/recipes.md: precision x optimizer, predicted for each GPU (fake tensors)."""
+    lines = []
+    groups: dict[tuple, list] = {}
+    for r in data["rows"]:
+        groups.setdefault((r["model"], r["method"], r["batch_size"], r["seq_len"], r["gpu"]), []).append(r)
+    for (model, method, batch, seq, gpu), rows in groups.items():
+        mem = rows[0]["memory_bytes"]
+        lines += [f"**{model} {method}, b{batch} s{seq}, on {gpu}** ({_gib(mem)}), predicted:", "",
+                  "| precision | weights | optimizer | optimizer state | max allocated | max reserved "
+                  "| nvidia-smi | fits |", "|---|---|---|---:|---:|---:|---:|---|"]
+        for r in rows:
+            smi = _gib(r["nvidia_smi_bytes"]) + (f" (of it paged {_gib(r['paged_bytes'])})" if r["paged_bytes"] else "")
+            fits = "yes" if r["nvidia_smi_bytes"] <= mem else f"no (+{_gib(r['nvidia_smi_bytes'] - mem)})"
+            lines.append(f"| {r['precision']} | {r['dtype']} | {r['optimizer']} | {_mib(r['optimizer_bytes'])} MiB "
+                         f"| {_gib(r['max_allocated_bytes'])} | {_gib(r['max_reserved_bytes'])} | {smi} | {fits} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def _stamp(data: dict) -> str:
     p = data["provenance"]
     return (f"<sub>Written by `python benchmarks/doc_tables.py {data['name']}` on {p['date']}: torch {p['torch']}, "
@@ -323,6 +380,7 @@ TABLES = {
     "methods": ("docs/methods.md", "methods", render_methods),
     "speed": ("docs/profiling.md", "speed", render_speed),
     "meft-chunks": ("docs/meft.md", "chunks", render_chunks),
+    "recipes": ("docs/recipes.md", "recipes", render_recipes),
 }
 MARK = re.compile(r"(<!-- membench:table (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /membench:table -->)", re.S)
 

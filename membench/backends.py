@@ -193,24 +193,51 @@ class Backend:
 
     # ---- the step ------------------------------------------------------------------------------------------------
     def plan(self, optimizer: str, *, track_live: bool = True, snapshot: str | None = None, progress=None,
-             micro_steps: int = 1):
+             micro_steps: int = 1, precision=None):
         """The StepPlan (membench.profilers.step) of this backend's step with `optimizer` (a name), `micro_steps`
-        forward and backward passes per optimizer step (gradient accumulation)."""
+        forward and backward passes per optimizer step (gradient accumulation), in `precision`
+        (membench.precision; a mixed one runs the forward under the target's autocast)."""
         from . import optimizers
         from .profilers.step import StepPlan
 
-        modes = self._modes()
+        mixed = precision is not None and precision.mixed
+        modes = self._modes() + (self._autocast_modes() if mixed else [])
         kind = self.target.kind
         return StepPlan(optimizer=optimizers.factory(optimizer, kind),
                         optimizer_name=optimizers.implementation(optimizer, kind), modes=modes,
                         cuda=self.measures_cuda, read_loss=self.real,
                         host_device="cpu" if self.measures_cuda else None,
                         host_state=optimizers.host_state(optimizer, kind) if kind == "cuda" else None,
+                        paged_state=optimizers.paged_state(optimizer, kind) if kind == "cuda" else None,
                         steps=2 if self.target.kind == "cuda" else 1, micro_steps=micro_steps,
-                        track_live=track_live, snapshot_path=snapshot, progress=progress)
+                        track_live=track_live, snapshot_path=snapshot, progress=progress,
+                        autocast=self._autocast(precision.autocast) if mixed else None,
+                        scaler=self._scaler if mixed and precision.scaler else None)
 
     def _modes(self) -> list:
         return []
+
+    # ---- mixed precision: the autocast region and the loss scaler of the device the step runs on --------------
+    autocast_device: ClassVar[str] = "cpu"  # the autocast torch runs here (a CPU build: "cpu")
+
+    def _autocast(self, dtype: str):
+        from . import dtypes
+
+        torch_dtype, device = dtypes.to_torch(dtype), self.autocast_device
+
+        def region():
+            import torch
+
+            return torch.autocast(device, dtype=torch_dtype)
+
+        return region
+
+    def _autocast_modes(self) -> list:
+        """Modes entered for the whole step that make the autocast regions cast as the target does."""
+        return []
+
+    def _scaler(self):
+        return _stepping_grad_scaler(self.autocast_device)
 
     def running(self):
         """What the step runs inside (fake: the fake mode and transformers' value branches answered)."""
@@ -337,7 +364,8 @@ class _CudaTarget(Backend):
             context, source = step.nvml["context_bytes"], f"measured (NVML, {step.nvml['context_source']})"
         replayed = predict(trace, phases=step.phases, config=self.target.alloc_conf, context_bytes=context)
         return dataclasses.replace(
-            replayed, context_source=source, gpu=self.target.gpu_name,
+            replayed, context_source=source, gpu=self.target.gpu_name, paged_bytes=step.paged_bytes,
+            nvidia_smi_bytes=replayed.nvidia_smi_bytes + step.paged_bytes,
             sdpa_backends=dict(self.routing.choices) if self.routing is not None else {},
             kernel_allocations=[{"label": label, "bytes": n, "kind": kind, "phase": ph}
                                 for _pos, n, kind, label, ph in self.kernel.events if kind == "persistent"],
@@ -347,6 +375,11 @@ class _CudaTarget(Backend):
 
 class FakeCudaBackend(_CudaTarget, _Fake):
     name = "fake-cuda"
+
+    def _autocast_modes(self) -> list:
+        from .gpu.autocast import CudaAutocastPolicy
+
+        return [CudaAutocastPolicy()]  # CPU autocast casts as CUDA's does (membench/gpu/autocast.py)
 
     def _modes(self) -> list:
         from .gpu.emulation import CudaRouting
@@ -359,6 +392,7 @@ class CudaBackend(_CudaTarget):
     name = device = "cuda"
     measures_cuda = True
     build_on = "cuda"
+    autocast_device = "cuda"
 
     @classmethod
     def resolve(cls, target, gpu, alloc_conf, real_gpu, context) -> Target:
@@ -461,6 +495,11 @@ def choose(device: str | None = None, target: str | None = None, gpu: str | None
     return _KINDS[device](tgt)
 
 
+def for_tensors(device_type: str) -> Backend:
+    """The backend of a step on tensors already on `device_type` (a torch.device's type): cuda or cpu."""
+    return choose("cuda" if device_type == "cuda" else "cpu")
+
+
 def for_spec(spec) -> Backend:
     """The backend of a RunSpec (membench.spec)."""
     return choose(spec.device, spec.target, spec.gpu, spec.alloc_conf, spec.context, spec.dtype)
@@ -521,6 +560,20 @@ def fakeify(module, mode):
             if b is not None:
                 m._buffers[name] = fake(b, False)
     return module
+
+
+def _stepping_grad_scaler(device: str):
+    """torch's GradScaler, whose optimizer always steps, as in a step without inf/NaN gradients: the profiled
+    step is a training step that updates (a skipped one would allocate no optimizer state), on every backend
+    alike (fake tensors cannot answer the found_inf flag the real one reads with .item()). Every tensor it
+    makes (scale, growth tracker, inverse scale, found_inf per device) is made as in a real step."""
+    import torch
+
+    class SteppingGradScaler(torch.amp.GradScaler):
+        def _maybe_opt_step(self, optimizer, optimizer_state, *args, **kwargs):
+            return optimizer.step(*args, **kwargs)  # (a real one reads found_inf with .item(): no tensor made)
+
+    return SteppingGradScaler(device)
 
 
 def _physical_ram() -> int | None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__, optimizers
+from . import precision as precision_table
 from .errors import UserError
 
 DEFAULT_SEQ_LEN = 512
@@ -103,7 +104,7 @@ class RunSpec:
     batch_size: int = option(8, "sequences per step", short="-b")
     seq_len: int | None = option(None, f"tokens per sequence (default {DEFAULT_SEQ_LEN}; not for image models)",
                                  short="-s", what="sequence length")
-    dtype: str = option("fp32", "weights' dtype: {dtypes}")
+    dtype: str | None = option(None, "weights' dtype: {dtypes} (default: --precision's; fp32)")
     device: str | None = option(None, "cpu, fake or cuda (default: cuda if present, else fake)")
     attn: str = option("sdpa", "attention implementation: eager or sdpa")
     overrides: dict[str, Any] = option(help="config KEY=VALUE (repeatable)", flag="--override", factory=dict)
@@ -123,15 +124,20 @@ class RunSpec:
     context: str | None = option(None, "the CUDA context a prediction adds for nvidia-smi, e.g. 1343MiB "
                                        "(default: the GPU table's typical figure, lazy loading; docs/profiling.md)",
                                  file_types=(str, int))
+    precision: str | None = option(None, "training precision, Lightning's names: {precisions} (default: --dtype's "
+                                         "true precision; docs/recipes.md)")
     grad_accum: int = option(1, "gradient accumulation: micro-steps of --batch-size each per optimizer step "
                                 "(their gradients stay allocated through the next micro-step's forward)",
                              what="gradient accumulation")
 
     # fields added after runs were stored -> the value that leaves them out of the key (stored runs keep theirs)
-    _LATER = {"image_size": None, "context": None, "grad_accum": 1}
+    _LATER = {"image_size": None, "context": None, "grad_accum": 1, "precision": None}
 
     def __post_init__(self):
         object.__setattr__(self, "method", canonical_method(self.method))
+        if self.dtype is None:  # the weights' dtype follows the precision (fp32 without one)
+            weights = precision_table.PRECISIONS.get(str(self.precision).strip().lower())
+            object.__setattr__(self, "dtype", weights.weights if weights is not None else "fp32")
         object.__setattr__(self, "overrides", dict(self.overrides or {}))
         object.__setattr__(self, "method_options", dict(self.method_options or {}))
 
@@ -163,6 +169,13 @@ class RunSpec:
         return hash(self.key())
 
     @property
+    def training_precision(self) -> precision_table.Precision:
+        """The precision the run trains in: --precision, else --dtype's true precision (fp32: 32-true)."""
+        from . import dtypes
+
+        return precision_table.resolve(self.precision, dtypes.short(self.dtype))[0]
+
+    @property
     def seq_label(self) -> str:
         """The sequence as a table shows it: '128', or an image model's '224px' (its own size: 'image')."""
         if self.seq_len is not None:
@@ -180,7 +193,7 @@ class RunSpec:
         dtype spelled as results spell it (bf16, fp32, ...)."""
         from . import dtypes
         from .backends import check_target_dtype, target_for
-        from .devices import DEVICES
+        from .devices import DEVICES, default_device
 
         for name in ("batch_size", "seed", "grad_accum"):
             _integer(name, getattr(self, name), positive=name != "seed")
@@ -195,6 +208,7 @@ class RunSpec:
 
             check_model_source(self.model, self.pretrained)
         dtype = _field_error("dtype", lambda: dtypes.short(self.dtype))
+        precision = precision_table.resolve(self.precision, dtype)[0] if self.precision is not None else None
         if self.device is not None and self.device not in DEVICES:
             raise UserError(f"unknown device {self.device!r}; allowed: {', '.join(DEVICES)}", field=("device",))
         if self.attn not in ATTENTION:
@@ -202,10 +216,19 @@ class RunSpec:
                             field=("attn",))
         _field_error("optimizer", lambda: optimizers.check(self.optimizer))
         self.method_spec  # noqa: B018 - the method's syntax
-        if self.device is not None:
-            target = target_for(self.device, self.target, self.gpu, self.alloc_conf, context=self.context)
+        device = self.device if self.device is not None else default_device()  # what the run will use
+        if device in DEVICES:
+            target = target_for(device, self.target, self.gpu, self.alloc_conf, context=self.context)
             check_target_dtype(target, dtype)
-        return self if dtype == self.dtype else self.replace(dtype=dtype)
+            _field_error("optimizer", lambda: optimizers.check_target(self.optimizer, target.kind))
+            if precision is not None and precision.autocast is not None:
+                try:
+                    check_target_dtype(target, precision.autocast)
+                except UserError as exc:
+                    raise UserError(f"--precision {precision.name} computes in {precision.autocast}: {exc} "
+                                    f"(16-mixed)", field=("precision",)) from None
+        spec = self if dtype == self.dtype else self.replace(dtype=dtype)
+        return spec if precision is None or precision.name == self.precision else spec.replace(precision=precision.name)
 
     def on_cpu_kernels(self) -> RunSpec:
         """The spec predicting the CPU kernels on fake tensors (nothing allocated): its CUDA settings dropped.

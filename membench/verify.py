@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from . import dtypes
 from .result import model_name
 from .spec import RunSpec
 
@@ -39,7 +40,10 @@ def _cat(tensors):
     return torch.cat([t.detach().double().reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
 
 
-def _step(model, batch, seed):
+def _step(model, batch, seed, autocast=None):
+    """One step; `autocast` (a dtype): the forward under CPU autocast, backward outside it, as AMP runs it."""
+    import contextlib
+
     import torch
 
     from .methods.meft.inject import tracing
@@ -48,7 +52,9 @@ def _step(model, batch, seed):
         p.grad = None
     torch.manual_seed(seed)
     with tracing(model) as traces:
-        out = model(**batch)
+        region = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
+        with region:
+            out = model(**batch)
         out.loss.backward()
     grads = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
              for n, p in model.named_parameters() if p.requires_grad}
@@ -122,10 +128,12 @@ def verify_numbers(spec: RunSpec, threshold: float = 1e-3) -> dict[str, Any]:
     batch = family.make_batch(config, batch_size, seq_len, torch.Generator().manual_seed(seed))
     net.train()
     stacks = stacks_of(net)
-    loss_rev, g_rev, t_rev = _step(net, batch, seed)
+    precision = spec.training_precision
+    autocast = dtypes.to_torch(precision.autocast) if precision.mixed else None
+    loss_rev, g_rev, t_rev = _step(net, batch, seed, autocast)
     rng_rev = torch.get_rng_state()
     with plain_autograd(net):
-        loss_plain, g_plain, t_plain = _step(net, batch, seed)
+        loss_plain, g_plain, t_plain = _step(net, batch, seed, autocast)
     rng_plain = torch.get_rng_state()
     start = starting_point(net, batch)
 
@@ -153,12 +161,29 @@ def verify_numbers(spec: RunSpec, threshold: float = 1e-3) -> dict[str, Any]:
     opts = cfg.to_dict()
     return {
         "model": spec.model or spec.pretrained, "method": spec.method, "dtype": spec.dtype, "options": opts,
+        "precision": precision.name, "recommendation": recommend(layers, opts, threshold),
         "overrides": dict(spec.overrides), "batch_size": batch_size, "seq_len": seq_len, "seed": seed,
         "threshold": threshold, "layers": layers, "input_grad_error": input_err, "head_grad_error": other_err,
         "max_grad_error": worst, "passed": bool(worst <= threshold), "loss_reversible": loss_rev,
         "loss_plain": loss_plain, "rng_state_equal": bool(torch.equal(rng_rev, rng_plain)),
         "stack_output_gap": start["stack_output_gap"], "output_gap": start["output_gap"],
     }
+
+
+def recommend(layers: list[dict], opts: dict, threshold: float) -> str | None:
+    """What to change when a reversible layer's gradient is off by more than `threshold`: a checkpoint every K
+    layers, where K is how many reversible layers from the top (where the reconstruction starts) stay within
+    it; None when every layer passes or checkpoints are already that close."""
+    rev = sorted((r for r in layers if r["reversible"]), key=lambda r: -r["layer"])
+    if not rev or all(r["grad_error"] <= threshold for r in rev):
+        return None
+    k = next(i for i, r in enumerate(rev) if r["grad_error"] > threshold)
+    every = max(1, k)
+    if opts.get("checkpoint_every") and opts["checkpoint_every"] <= every:
+        return (f"the error exceeds {threshold:g} within {opts['checkpoint_every']} layers of a checkpoint: "
+                "use fp32 (32-true) for this model")
+    return (f"the reconstruction error grows past {threshold:g} after {k} reversible layer(s) from the top: "
+            f"-o checkpoint_every={every} restarts it from a stored input every {every} layer(s)")
 
 
 SERIES = (("recon_error", "recon_error"), ("grad_error", "grad_error"), ("start_gap", "start_gap"))

@@ -189,3 +189,27 @@ def test_list_gpus_shows_the_whole_table(cli):
     for name in specs.names():  # folded where narrow, never cut
         assert name in out
     assert "cudnn" in out and "…" not in out
+
+
+def test_fit_searches_the_micro_batch_at_an_accumulation(cli, tmp_path):
+    """With --grad-accum 4 the probes run four micro-steps, whose gradients stay allocated through the next
+    forward: the largest micro-batch is at most the plain step's, and its own profile (x4) fits."""
+    model, ov = tiny("opt", layers=2, hidden=128, heads=2)
+    spec = RunSpec(model=model, gpu="v100-32gb", dtype="fp32", overrides=ov)
+    plain = fit(spec, ["full"], seq_lens=[128], headroom=0.988, jobs=1)[0]
+    accum = fit(spec.replace(grad_accum=4), ["full"], seq_lens=[128], headroom=0.988, jobs=1)[0]
+    assert 1 <= accum.max_batch_size <= plain.max_batch_size
+    r = profile(model, "full", batch_size=accum.max_batch_size, seq_len=128, dtype="fp32", device="fake",
+                gpu="v100-32gb", overrides=ov, grad_accum=4)
+    assert r.predicted_cuda.max_reserved_bytes == accum.predicted_max_reserved_bytes
+    out = tmp_path / "fit.json"
+    args = ["fit", "-m", model, "--methods", "full", "--gpu", "v100-32gb", "-s", "128", "--headroom", "0.988",
+            "--jobs", "1", "--grad-accum", "4", "--precision", "16-mixed", "--out", str(out)]
+    for k, v in ov.items():
+        args += ["--override", f"{k}={v}"]
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert (data["grad_accum"], data["precision"], data["optimizer"]) == (4, "16-mixed", "adamw")
+    said = " ".join(stdout.split())  # the title wraps at the console's width
+    assert "largest micro-batch size" in said and "16-mixed" in said and "x4 accumulated" in said

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from pathlib import Path
 
@@ -11,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 nox = pytest.importorskip("nox")
 
 
+@functools.cache
 def _noxfile():
+    """noxfile.py, loaded once (a second load registers its sessions again, which nox warns about)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("membench_noxfile", ROOT / "noxfile.py")

@@ -60,9 +60,11 @@ def fit(spec: dict, settings: FitSettings) -> None:
         rows = run_fit(run_spec, split_list(settings.methods, "--methods"), seq_lens=lens, headroom=settings.headroom,
                        max_batch_size=settings.max_batch_size, jobs=settings.jobs, **shown)
     given_context = run_spec.context is not None
-    console.print(fit_table(rows, gpu, settings.headroom, given_context=given_context))
+    console.print(fit_table(rows, gpu, settings.headroom, given_context=given_context, recipe=_recipe(run_spec)))
     if settings.out is not None:
         data = {"schema_version": FIT_SCHEMA_VERSION, "model": run_spec.model, "gpu": gpu.name, "dtype": rows[0].dtype,
+                "precision": run_spec.training_precision.name, "optimizer": run_spec.optimizer,
+                "grad_accum": run_spec.grad_accum,
                 "headroom": settings.headroom, "memory_bytes": gpu.memory_bytes,
                 "context_source": "given (--context)" if given_context else "GPU table (typical, lazy loading)",
                 "rows": [r.to_dict() for r in rows]}
@@ -85,14 +87,25 @@ def _probe_line(method: str, seq: int, batch: int, peak: int, fits: bool) -> Non
                   + ("fits" if fits else "does not fit"))
 
 
-def fit_table(rows, spec, headroom: float, given_context: bool = False) -> Table:
+def _recipe(spec) -> str:
+    """'fp32 · adamw' and, where given, the precision and accumulation: what every row's probes ran."""
+    precision = spec.training_precision
+    parts = [spec.dtype] + ([precision.name] if precision.mixed else []) + [spec.optimizer]
+    if spec.grad_accum > 1:
+        parts.append(f"micro-batch x{spec.grad_accum} accumulated")
+    return " · ".join(parts)
+
+
+def fit_table(rows, spec, headroom: float, given_context: bool = False, recipe: str = "") -> Table:
     budget = rows[0].budget_bytes if rows else 0
     context = rows[0].context_bytes if rows else spec.context_bytes
     context_said = (f"{format_bytes(context)}, given" if given_context else
                     f"~{format_bytes(context)}, typical with lazy loading, approximate")
     sizes = ("peak there", "its peak", "over by")
     t = fmt_table(f"{rows[0].model if rows else ''} on {spec.name} ({format_bytes(spec.memory_bytes)}, "
-                  f"{headroom * 100:g}% headroom: {format_bytes(budget)}): largest batch size, predicted",
+                  f"{headroom * 100:g}% headroom: {format_bytes(budget)}): largest "
+                  f"{'micro-' if 'accumulated' in recipe else ''}batch size, predicted"
+                  + (f" ({recipe})" if recipe else ""),
                   [("method", "left"), ("seq", "right"), ("max batch", "right"), ("peak there", "right"),
                    ("next batch", "right"), ("its peak", "right"), ("over by", "right")],
                   keep=("method",), whole=sizes, constant=("seq",),

@@ -8,7 +8,7 @@ each command's own settings. A field's default and description are its flag's; n
 (or `names`), passed to the command as `param`: a dict of the values given on the command line
 (None where a flag was not given and `defaults` leaves it unset), or, with `build=True`, an
 instance of `cls`. A field's metadata (membench.spec.option) gives its flag, short flag and help;
-`{dtypes}`, `{optimizers}`, `{default_gpu}` in a help text are filled from the lists themselves.
+`{dtypes}`, `{optimizers}`, `{precisions}`, `{default_gpu}` in a help text are filled from the lists themselves.
 Dict fields (overrides, method options) are repeatable KEY=VALUE options, given as lists of text.
 """
 
@@ -42,10 +42,11 @@ def help_text(text: str) -> str:
     """A field's help with the lists it names filled in (each list typed once, where it lives)."""
     if "{" not in text:
         return text
-    from .. import dtypes, optimizers
+    from .. import dtypes, optimizers, precision
     from ..gpu import specs
 
-    return text.format(dtypes=dtypes.help_text(), optimizers=optimizers.help_text(), default_gpu=specs.DEFAULT_GPU)
+    return text.format(dtypes=dtypes.help_text(), optimizers=optimizers.help_text(),
+                       precisions=precision.help_text(), default_gpu=specs.DEFAULT_GPU)
 
 
 def _cli_type(tp):

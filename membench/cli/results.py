@@ -54,36 +54,51 @@ def results(
     if df.empty:
         console.print(f"no runs match in {path}")
         return
+    import pandas as pd
+
     from ..results.query import RUN_COLUMNS
 
     metric_cols = [c for c in df.columns if c not in RUN_COLUMNS]
     style = {"ok": "green", "oom": "yellow", "failed": "red", "timeout": "red"}
 
     def txt(v) -> str:
-        return "-" if v is None or (v != v) or str(v) == "<NA>" else str(v)
+        return "-" if v is None or pd.isna(v) else str(v)
 
     # (header, cell) per column; config columns that are the same on every row move to the title
     cols = [("id", lambda r: txt(r["run_id"])), ("kind", lambda r: txt(r["kind"])),
             ("status", lambda r: f"[{style.get(r['status'], 'white')}]{r['status']}[/]"),
             ("model", lambda r: txt(r["model"])), ("method", lambda r: txt(r["method"])),
             ("batch", lambda r: txt(r["batch_size"])), ("seq", lambda r: txt(r["seq_len"])),
-            ("dtype", lambda r: txt(r["dtype"])), ("device", lambda r: txt(r["device"])),
+            ("dtype", lambda r: txt(r["dtype"])), ("precision", lambda r: _precision(r, txt)),
+            ("optimizer", lambda r: txt(r["optimizer"])), ("device", lambda r: txt(r["device"])),
             ("activations", lambda r: _hb(r["activation_bytes"])),
             ("peak act.", lambda r: _hb(r["peak_activation_bytes"])),
             ("est. peak", lambda r: _hb(r["estimated_peak_bytes"]))]
     cols += [(c, lambda r, c=c: txt(round(r[c], 4) if r[c] == r[c] else None)) for c in metric_cols]
     cols.append(("created (UTC)", lambda r: r["created_at"].strftime("%m-%d %H:%M")
                  if r["created_at"] == r["created_at"] else "-"))
-    numbers = [h for h, _ in cols if h not in ("kind", "status", "model", "method", "dtype", "device")]
+    numbers = [h for h, _ in cols if h not in ("kind", "status", "model", "method", "dtype", "precision", "optimizer",
+                                               "device")]
     # config columns that are the same on every row are said once, in the title
     table = fmt_table(f"{len(df)} run(s) in {path}",
                       [(h, "right" if h in ("id", "batch", "seq") else "left") for h, _ in cols],
                       keep=("id", "model", "method"), whole=numbers,
-                      constant=("kind", "model", "method", "dtype", "device", "seq", "batch"))
+                      constant=("kind", "model", "method", "dtype", "precision", "optimizer", "device", "seq",
+                                "batch"))
     for row in df.itertuples(index=False):
         r = row._asdict()
         table.add_row(*(cell(r) for _, cell in cols))
     console.print(table)
+
+
+def _precision(r, txt) -> str:
+    """The training precision, with gradient accumulation (x4) where a run had it; runs stored before both were
+    columns show '-'."""
+    import pandas as pd
+
+    precision = txt(r.get("precision"))
+    accum = r.get("grad_accum")
+    return precision + (f" x{int(accum)}" if accum is not None and not pd.isna(accum) and accum > 1 else "")
 
 
 def _hb(v) -> str:

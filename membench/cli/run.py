@@ -31,8 +31,9 @@ def _parts(result) -> str | None:
     if how == "predicted":
         p = result.predicted_cuda
         approx = "~" if "context_bytes" in p.approximate else ""
+        paged = f" + paged optimizer state {format_bytes(p.paged_bytes)}" if p.get("paged_bytes") else ""
         return (f"= max reserved {format_bytes(p.max_reserved_bytes)} + CUDA context {approx}"
-                f"{format_bytes(p.context_bytes)} ({p.context_source})")
+                f"{format_bytes(p.context_bytes)} ({p.context_source}){paged}")
     reserved = result.cuda.get("max_reserved_bytes")
     if figure == "nvidia-smi":
         return f"= max reserved {format_bytes(reserved)} + the CUDA context (+ other processes), as NVML saw it"
@@ -52,8 +53,9 @@ def print_result(result) -> None:
     if result.loss_kind == "sum":
         caption += ("; loss: a pseudo-loss, the sum of the first output tensor (pass loss_fn for your "
                     "training loss)")
+    precision = f" · {result.precision}" if result.precision and result.precision.endswith("-mixed") else ""
     table = fmt_table(f"{result.model} · {result.method} · {result.shape_label} · "
-                      f"{result.dtype} · {result.device}",
+                      f"{result.dtype}{precision} · {result.device}",
                       [("layer", "left"), ("saved for backward", "right"), ("recomputed in backward", "right")],
                       keep=("layer",), whole=("saved for backward", "recomputed in backward"), caption=caption)
     for row in result.layers:
@@ -118,7 +120,11 @@ def predicted_table(result, answer: bool = False) -> Table:
     approx = "context_bytes" in p.approximate
     t.add_row(f"{'~ ' if approx else ''}CUDA context (not in the allocator): {p.context_source}",
               format_bytes(p.context_bytes))
-    smi = "~ nvidia-smi at the peak (max reserved + context)"
+    paged = p.get("paged_bytes") or 0
+    if paged:
+        t.add_row("paged optimizer state (CUDA unified memory: not in the allocator, in nvidia-smi while "
+                  "resident)", format_bytes(paged))
+    smi = "~ nvidia-smi at the peak (max reserved + context" + (" + paged state)" if paged else ")")
     t.add_row(f"[bold]needs: {smi}" if answer else smi,
               f"[bold]{format_bytes(p.nvidia_smi_bytes)}" if answer else format_bytes(p.nvidia_smi_bytes))
     if p.sdpa_backends:
@@ -133,6 +139,8 @@ class RunSettings:
     """`membench run`'s own options, besides the run description (membench.spec.RunSpec)."""
 
     checkpointing: bool = option(False, "gradient checkpointing (non-reentrant) of every layer: METHOD+ckpt")
+    trainer_args: Path | None = option(None, "the HF Trainer's TrainingArguments (JSON or YAML): batch size, "
+                                             "accumulation, bf16/fp16, optim, gradient checkpointing, max length")
     snapshot: Path | None = option(None, "CUDA only: dump a memory_viz snapshot here")
     out: Path | None = option(None, "write the result as JSON")
     db: Path | None = option(None, "also store the run in this results database")
@@ -143,6 +151,8 @@ def run(spec: dict, settings: RunSettings) -> None:
     """Profile one training step (forward, backward, AdamW) of MODEL fine-tuned with METHOD."""
     from ..runner import profile
 
+    if settings.trainer_args is not None:
+        spec, settings.checkpointing = _with_trainer_args(spec, settings)
     spec = spec_from_flags(spec)
     if not spec.model and not spec.pretrained:
         raise UserError("give --model NAME (see `membench list`) or --pretrained PATH")
@@ -170,6 +180,32 @@ def run(spec: dict, settings: RunSettings) -> None:
 
         store_result(str(settings.db), RunRecord(result=result, config=spec.to_dict()))
         console.print(f"stored in {settings.db}")
+
+
+def _with_trainer_args(given: dict, settings: RunSettings) -> tuple[dict, bool]:
+    """The flags with a TrainingArguments file's recipe filled in (a flag that says otherwise is refused), and
+    whether to checkpoint; every field not honoured is said."""
+    import dataclasses
+
+    from ..integrations import trainer_args
+    from ..spec import flag_of
+
+    recipe = trainer_args.recipe(settings.trainer_args)
+    defaults = {f.name: f.default for f in dataclasses.fields(RunSpec)}
+    merged = dict(given)
+    for name, value in recipe.options.items():
+        if given.get(name) not in (None, defaults.get(name), value):  # (a flag left at its default gives way)
+            raise UserError(f"{flag_of(name)} {given[name]} and --trainer-args {settings.trainer_args} "
+                            f"({value}) disagree; give one")
+        merged[name] = value
+    for line in recipe.unmodelled:
+        warn(f"--trainer-args: {line}")
+    for field in recipe.unknown:
+        warn(f"--trainer-args: {field} is not a TrainingArguments field membench knows; left out")
+    if recipe.not_memory:
+        console.print(f"--trainer-args: about training, not memory (left out): {', '.join(recipe.not_memory)}",
+                      highlight=False)
+    return merged, settings.checkpointing or recipe.checkpointing
 
 
 def spec_from_flags(given: dict) -> RunSpec:

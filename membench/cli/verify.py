@@ -58,7 +58,9 @@ def print_verify(res: dict) -> None:
                   f"global RNG state equal after the step: {res['rng_state_equal']}")
     verdict = "[green]PASS" if res["passed"] else "[red]FAIL"
     console.print(f"{verdict}[/]: max relative gradient error {_fmt(res['max_grad_error'])} "
-                  f"(threshold {_fmt(thr)})")
+                  f"(threshold {_fmt(thr)}, {res.get('precision', '32-true')})")
+    if res.get("recommendation"):
+        console.print(f"recommendation: {res['recommendation']}")
 
 
 @dataclass
@@ -71,7 +73,8 @@ class VerifySettings:
                                    "`membench report` plots them)")
 
 
-CHECKED = ("model", "method", "dtype", "overrides", "method_options", "batch_size", "seq_len", "seed", "pretrained")
+CHECKED = ("model", "method", "dtype", "precision", "overrides", "method_options", "batch_size", "seq_len", "seed",
+           "pretrained")
 
 
 @command(app, "verify", From(RunSpec, "spec", names=CHECKED, defaults={"method": "meft1", "batch_size": 2, "seq_len": 32},

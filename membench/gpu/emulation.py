@@ -11,6 +11,7 @@ forward and backward. So this module routes ops, not devices:
         math       the math composite, with its dropout routed as below
     F.dropout (training, 0 < p < 1) -> aten.native_dropout: a 1-byte bool mask (CPU: a float mask)
     F.layer_norm in fp16/bf16      -> mean and rstd saved in fp32 (the CPU kernel keeps the input dtype)
+    (under mixed precision, autocast's casts follow CUDA's policy: membench/gpu/autocast.py)
 
 `KernelAllocations` adds what CUDA kernels allocate besides their outputs (tensors
 the live tracker never sees): the cuBLAS workspace of each thread at its first
@@ -141,7 +142,8 @@ class CudaRouting(TorchFunctionMode):
             return self.sdpa(*args, **kwargs)
         if func is F.dropout:
             return self.dropout(*args, **kwargs)
-        if func is F.layer_norm and args and getattr(args[0], "dtype", None) in _REDUCED:
+        if (func is F.layer_norm and args and getattr(args[0], "dtype", None) in _REDUCED
+                and not torch.is_autocast_enabled("cpu")):  # under autocast CUDA runs it in fp32 (gpu/autocast.py)
             return self.layer_norm(*args, **kwargs)
         return func(*args, **kwargs)
 
@@ -196,6 +198,11 @@ class CudaRouting(TorchFunctionMode):
     # ---- attention ---------------------------------------------------------------------------------------
     def sdpa(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
              enable_gqa=False):
+        if torch.is_autocast_enabled("cpu"):  # autocast casts SDPA's inputs before CUDA picks its kernel
+            low = torch.get_autocast_dtype("cpu")
+            query, key, value, attn_mask = (t.to(low) if isinstance(t, torch.Tensor) and t.is_floating_point()
+                                            and t.dtype not in (low, torch.float64) else t
+                                            for t in (query, key, value, attn_mask))
         call = describe_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
         backend = choose_backend(call, self.env())
         if "." not in self.phase:  # "forward.2" etc.: a later step runs the same calls again

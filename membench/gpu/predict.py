@@ -85,7 +85,7 @@ class PredictedCuda:
     activation_bytes_paper: int = _figure(column=3)  # max allocated - allocated after the step (MEFT paper)
     cublas_workspace_bytes: int = _figure()  # the persistent cuBLAS / cuBLASLt workspaces
     context_bytes: int = _figure()  # the CUDA context nvidia-smi shows besides the allocator
-    nvidia_smi_bytes: int = _figure()  # max reserved + context
+    nvidia_smi_bytes: int = _figure()  # max reserved + context (+ paged_bytes, added by the backend)
     segments: int = _figure()
     alloc_conf: str = _figure()  # the allocator configuration replayed (PYTORCH_CUDA_ALLOC_CONF form)
     first_step: PeakFigures = _figure()  # the first forward, backward and optimizer alone
@@ -96,6 +96,7 @@ class PredictedCuda:
     gpu: str | None = _figure(default=None)  # the GPU's name in the table
     sdpa_backends: dict[str, int] = _figure(default_factory=dict)  # kernel -> calls in the first step
     kernel_allocations: list[KernelAllocation] = _figure(default_factory=list)
+    paged_bytes: int = _figure(default=0)  # optimizer state in CUDA unified memory: not the allocator's, in nvidia-smi
     approximate: list[str] = _figure(default_factory=lambda: ["context_bytes", "nvidia_smi_bytes"])  # which figures
 
     def __getitem__(self, key: str) -> Any:

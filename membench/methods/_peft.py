@@ -15,3 +15,17 @@ def default_targets(family, roles: tuple[str, ...], mapping: str) -> list[str]:
     from peft.utils import constants
 
     return family.module_names(roles) or list(getattr(constants, mapping).get(family.model_types[0], []))
+
+
+def get_peft_model(model, config, **kwargs):
+    """peft.get_peft_model, with bitsandbytes (which peft imports to dispatch its quantized layers, where it is
+    installed) imported first, offline and quietly (membench.bnb)."""
+    import importlib.util
+
+    from peft import get_peft_model as peft_get_peft_model
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        from ..bnb import import_bitsandbytes
+
+        import_bitsandbytes()
+    return peft_get_peft_model(model, config, **kwargs)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from . import register
-from ._peft import default_targets, peft_task_type
+from ._peft import default_targets, get_peft_model, peft_task_type
 from .base import Method, MethodConfig
 from .trainable import marked
 
@@ -45,7 +45,7 @@ class IA3(Method):
                                                        "TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING")}
 
     def apply(self, model, family, cfg: IA3Options):
-        from peft import IA3Config, get_peft_model
+        from peft import IA3Config
 
         targets, ff = list(cfg.target_modules), list(cfg.feedforward_modules)
         if not targets:

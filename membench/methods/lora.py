@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import register
-from ._peft import default_targets, peft_task_type
+from ._peft import default_targets, get_peft_model, peft_task_type
 from .base import Method, MethodConfig, require_fraction, require_positive_int
 from .trainable import marked
 
@@ -36,7 +36,7 @@ class Lora(Method):
                                                   "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING")}
 
     def apply(self, model, family, cfg: LoraOptions):
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
         config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                             target_modules=list(cfg.target_modules), task_type=peft_task_type(family))

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from . import register
-from ._peft import peft_task_type
+from ._peft import get_peft_model, peft_task_type
 from .base import Method, MethodConfig, require_non_negative, require_positive_int
 from .trainable import either, marked, task_head
 
@@ -123,7 +123,7 @@ class Prefix(Method):
     def apply(self, model, family, cfg: PrefixOptions):
         import warnings
 
-        from peft import PrefixTuningConfig, get_peft_model
+        from peft import PrefixTuningConfig
 
         if family.modality not in self.modalities:
             raise UserError(f"prefix tuning prepends key/value prefixes to token sequences; {family.name} models "

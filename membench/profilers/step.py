@@ -96,6 +96,7 @@ class StepProfile:
     live_end: int = 0  # the live tracker's event count when the last step ended (later events: teardown)
     optimizer_name: str = ""
     loss_kind: str = ""  # LOSS_KINDS
+    paged_bytes: int = 0  # optimizer state in CUDA unified memory (StepPlan.paged_state)
 
 
 @dataclass
@@ -108,15 +109,18 @@ class StepPlan:
     and their `live` attribute to the live tracker, where they have one. `cuda`: read the CUDA
     allocator per phase and NVML.
     `host_device` and `host_state` tell the live tracker which storages live in host memory: those on
-    that device type, and the optimizer state tensors `host_state(optimizer)` names. `steps` > 1 runs
+    that device type, and the optimizer state tensors `host_state(optimizer)` names; `paged_state(optimizer)`
+    names state a GPU keeps in CUDA unified memory (outside the allocator, in nvidia-smi: `paged_bytes`). `steps` > 1 runs
     more training steps after the first (zero_grad, forward, backward, optimizer), seen only by the
     live tracker, the CUDA statistics and the modes: what a training loop holds once the optimizer
     state exists; their phases are "forward.2", "backward.2", ... Everything else describes the first
     step. `micro_steps` > 1 accumulates gradients: each step runs that many forward and backward passes
     (loss divided by their number, as a training loop does) before its optimizer step; the gradients of
     the first stay allocated through the next ones, whose phases are "forward.m2", "backward.m2", ... (the
-    ledger describes the first micro-step: what one micro-batch saves). `progress(phase)` is called as each
-    phase begins."""
+    ledger describes the first micro-step: what one micro-batch saves). `autocast()`: the context each forward
+    (and its loss) runs in, mixed precision's autocast region; backward runs outside it, as AMP's does.
+    `scaler()`: a GradScaler (fp16 mixed precision): the loss is scaled before backward, and the optimizer
+    steps through it (unscale, inf check, step, update). `progress(phase)` is called as each phase begins."""
 
     optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None
     optimizer_name: str = ""
@@ -125,8 +129,11 @@ class StepPlan:
     read_loss: bool = True
     host_device: str | None = None
     host_state: Callable[[torch.optim.Optimizer], Iterable[torch.Tensor]] | None = None
+    paged_state: Callable[[torch.optim.Optimizer], Iterable[torch.Tensor]] | None = None  # in unified memory
     steps: int = 1
     micro_steps: int = 1  # gradient accumulation: forward and backward passes per optimizer step
+    autocast: Callable[[], Any] | None = None  # the forward's autocast region (mixed precision)
+    scaler: Callable[[], Any] | None = None  # -> a GradScaler (16-mixed)
     track_live: bool = True
     snapshot_path: str | None = None
     progress: Callable[[str], None] | None = None
@@ -149,6 +156,7 @@ class _FirstStep:
     loss_kind: str
     loss_value: float | None
     live_end: int
+    paged_bytes: int = 0
 
 
 class _Step:
@@ -161,6 +169,7 @@ class _Step:
         if not self.trainable:
             raise ValueError("the model has no trainable parameter: nothing to fine-tune")
         self.opt = (plan.optimizer or _default_optimizer(self.trainable))(self.trainable)
+        self.scaler = plan.scaler() if plan.scaler is not None else None
         self.inputs = _flatten_tensors(batch)
         weights = self.params + list(model.buffers())
         self.tracker = (LiveMemoryTracker(weights + self.inputs, weights=weights, host_device=plan.host_device)
@@ -210,19 +219,18 @@ class _Step:
             for m in self.plan.modes:
                 first.enter_context(m)
             with self.phase("forward"):
-                out = _call(self.model, self.batch)
-                loss = self._scaled(self.loss_fn(out))
+                out, loss = self._forward()
                 kind = loss_kind(out, self.loss_fn)
             self.ledger.phase = RECOMPUTE
             with self.phase("backward"):
-                loss.backward()
+                self._backward(loss)
             if self.plan.micro_steps > 1:
                 self.ledger.recording = False  # what one micro-batch saves is the first micro-step's
                 del out, loss  # a training loop drops a micro-step's outputs before the next one's forward
                 out, loss = self._accumulate()
             grads = [p.grad for p in self.trainable if p.grad is not None]
             with self.phase("optimizer"):
-                opt.step()
+                self._optimizer_step()
                 # a training loop drops the outputs (logits) before the next step: release them inside the
                 # phase, so that what stays allocated after it is weights, gradients and optimizer state
                 loss_value = float(loss.detach()) if self.plan.read_loss else None
@@ -231,10 +239,31 @@ class _Step:
         if tracker is not None and self.plan.host_state is not None:
             for t in self.plan.host_state(opt):
                 tracker.mark_host(t)
+        paged = list(self.plan.paged_state(opt)) if self.plan.paged_state is not None else []
+        if tracker is not None:
+            for t in paged:
+                tracker.mark_host(t)  # not the caching allocator's: left out of its replay
         grad_ids = {tracker.record_id(g) for g in grads} - {None} if tracker is not None else set()
         grad_bytes = _unique_bytes(grads)
         del grads  # later steps free them (zero_grad): hold no reference
-        return _FirstStep(state, grad_ids, grad_bytes, kind, loss_value, 0)
+        return _FirstStep(state, grad_ids, grad_bytes, kind, loss_value, 0, _unique_bytes(paged))
+
+    def _forward(self):
+        """The model's output and the loss a micro-step backpropagates, under the forward's autocast."""
+        with self.plan.autocast() if self.plan.autocast is not None else contextlib.nullcontext():
+            out = _call(self.model, self.batch)
+            loss = self._scaled(self.loss_fn(out))
+        return out, loss
+
+    def _backward(self, loss) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is None:
+            self.opt.step()
+            return
+        self.scaler.step(self.opt)  # unscale_ (inf check) then step
+        self.scaler.update()
 
     def _scaled(self, loss):
         """The loss a micro-step backpropagates: divided by the micro-steps, as accumulation does."""
@@ -247,10 +276,9 @@ class _Step:
         for k in range(2, self.plan.micro_steps + 1):
             del out, loss
             with self.phase(f"forward{step}.m{k}"):
-                out = _call(self.model, self.batch)
-                loss = self._scaled(self.loss_fn(out))
+                out, loss = self._forward()
             with self.phase(f"backward{step}.m{k}"):
-                loss.backward()
+                self._backward(loss)
             if k < self.plan.micro_steps:
                 out = loss = None
         return out, loss
@@ -262,14 +290,15 @@ class _Step:
                 later.enter_context(m)
             with self.phase(f"forward.{n}"):
                 self.opt.zero_grad(set_to_none=True)  # what a training loop does before each step
-                loss = self._scaled(self.loss_fn(_call(self.model, self.batch)))
+                _out, loss = self._forward()
+                del _out
             with self.phase(f"backward.{n}"):
-                loss.backward()
+                self._backward(loss)
             if self.plan.micro_steps > 1:
                 del loss
                 _out, loss = self._accumulate(f".{n}")
             with self.phase(f"optimizer.{n}"):
-                self.opt.step()
+                self._optimizer_step()
                 del loss
 
     def _summarize(self, first: _FirstStep) -> StepProfile:
@@ -318,6 +347,7 @@ class _Step:
             live_end=first.live_end,
             optimizer_name=type(self.opt).__name__,
             loss_kind=first.loss_kind,
+            paged_bytes=first.paged_bytes,
         )
 
 

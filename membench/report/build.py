@@ -152,12 +152,27 @@ def _memory_table(data) -> str:
     for _, r in runs.sort_values(["model_label", "dtype", "device_label", "method_label", "batch_size",
                                   "seq_len"]).iterrows():
         rows.append([r["run_id"], r["model_label"], r["method_label"], r["batch_size"], r["seq_len"], r["dtype"],
-                     r["device_label"], _mib(r["activation_bytes"]), _mib(r["peak_activation_bytes"]),
+                     _recipe(r), r["device_label"], _mib(r["activation_bytes"]), _mib(r["peak_activation_bytes"]),
                      _mib(r["param_bytes"]), _mib(r["grad_bytes"]), _mib(r["optimizer_bytes"]),
                      _mib(r["estimated_peak_bytes"]), _mib(r.get("cuda_max_allocated_bytes"))])
-    return _table(["run", "model", "method", "batch", "seq", "dtype", "device", "activations (MiB)",
+    return _table(["run", "model", "method", "batch", "seq", "dtype", "recipe", "device", "activations (MiB)",
                    "peak act. (MiB)", "params (MiB)", "grads (MiB)", "optimizer (MiB)", "est. peak (MiB)",
-                   "CUDA max alloc. (MiB)"], rows, left={1, 2, 5, 6})
+                   "CUDA max alloc. (MiB)"], rows, left={1, 2, 5, 6, 7})
+
+
+def _recipe(r) -> str:
+    """precision, optimizer and gradient accumulation of a run ('bf16-mixed · adamw-foreach · x4'); runs stored
+    before they were columns show what they have."""
+    import pandas as pd
+
+    def present(v):
+        return v is not None and not pd.isna(v) and str(v) != ""
+
+    parts = [str(r.get(c)) for c in ("precision", "optimizer") if present(r.get(c))]
+    accum = r.get("grad_accum")
+    if present(accum) and int(accum) > 1:
+        parts.append(f"x{int(accum)} accumulated")
+    return " · ".join(parts) or "-"
 
 
 def _verify_table(data) -> str:

@@ -12,16 +12,17 @@ from .schema import connect_read_only
 from .store import PREDICTED_COLUMNS, RESULT_INT_COLUMNS
 
 PREDICTED = tuple(f"predicted_{c}" for c in PREDICTED_COLUMNS)
-INT_COLUMNS = ("run_id", "batch_size", "seq_len", *RESULT_INT_COLUMNS, "cuda_max_allocated_bytes",
+INT_COLUMNS = ("run_id", "batch_size", "seq_len", "grad_accum", *RESULT_INT_COLUMNS, "cuda_max_allocated_bytes",
                "cuda_max_reserved_bytes", *PREDICTED, "attempts")
 FLOAT_COLUMNS = ("loss", "wall_s")
 STRING_COLUMNS = ("key", "kind", "status", "model", "method", "dtype", "device", "attn", "target", "gpu", "optimizer",
+                  "precision",
                   "peak_phase", "error",
                   "membench_version", "torch_version", "transformers_version", "device_name", "git_revision",
                   "hostname", "sweep", "config")
 # column order of load(): config first, then measurements, then provenance
 RUN_COLUMNS = ("run_id", "kind", "status", "model", "method", "batch_size", "seq_len", "dtype", "device", "attn",
-               "target", "gpu", "optimizer", *RESULT_INT_COLUMNS, "peak_phase", "loss", "wall_s",
+               "target", "gpu", "optimizer", "precision", "grad_accum", *RESULT_INT_COLUMNS, "peak_phase", "loss", "wall_s",
                "cuda_max_allocated_bytes", "cuda_max_reserved_bytes", *PREDICTED, "error", "membench_version", "torch_version", "transformers_version",
                "device_name", "git_revision", "hostname", "sweep", "key", "attempts", "config", "created_at")
 OPS = ("==", "!=", ">=", "<=", ">", "<")

@@ -123,9 +123,17 @@ def _v4(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _v5(conn: sqlite3.Connection) -> None:
+    # v5: the training recipe: precision (Lightning's names, membench.precision) and gradient accumulation
+    _script(conn, """
+    ALTER TABLE runs ADD COLUMN precision TEXT;
+    ALTER TABLE runs ADD COLUMN grad_accum INTEGER
+    """)
+
+
 # MIGRATIONS[i] takes a database from version i to version i + 1. Append, never edit (a new PredictedCuda
 # column: its field says column=N, and migration N calls _add_predicted_columns(conn, N)).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -25,7 +25,8 @@ RESULT_INT_COLUMNS = (
     "weight_copy_bytes", "num_params", "num_trainable_params",
 )
 CONFIG_COLUMNS = ("model", "method", "batch_size", "seq_len", "dtype", "device", "attn", "target", "gpu",
-                  "optimizer")
+                  "optimizer", "precision", "grad_accum")
+_INT_CONFIG = ("batch_size", "seq_len", "grad_accum")
 # RunResult.predicted_cuda figures stored as columns (prefixed predicted_): the fields marked `column`
 PREDICTED_COLUMNS = stored_columns()
 
@@ -117,7 +118,7 @@ def store_result(db_path: str | os.PathLike, record: RunRecord, *, key: str | No
     row: dict[str, Any] = {"key": key, "kind": record.kind, "status": record.status}
     for col in CONFIG_COLUMNS:
         val = res.get(col, cfg.get(col)) if res else cfg.get(col)
-        row[col] = _int(val) if col in ("batch_size", "seq_len") else (None if val is None else str(val))
+        row[col] = _int(val) if col in _INT_CONFIG else (None if val in (None, "") else str(val))
     row["config"] = _json(cfg)
     for col in RESULT_INT_COLUMNS:
         row[col] = _int(res.get(col)) if res else None

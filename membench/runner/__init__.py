@@ -51,13 +51,13 @@ def _quiet_third_party(fn):
 @_quiet_third_party
 def profile(model: str | RunSpec | None = None, method: str = "full", *, batch_size: int = 8,
             seq_len: int | None = None, image_size: int | None = None,
-            dtype: str = "fp32", device: str | None = None, attn: str = "sdpa",
+            dtype: str | None = None, device: str | None = None, attn: str = "sdpa",
             overrides: dict | list | None = None, method_options: dict | None = None,
             pretrained: str | None = None, seed: int = 0, snapshot: str | None = None,
             progress: Callable[[str], None] | None = None, track_live: bool = True,
             target: str | None = None, gpu: str | None = None, optimizer: str = optimizers.DEFAULT,
             alloc_conf: str | None = None, context: str | int | None = None, tiny: bool = False,
-            grad_accum: int = 1) -> RunResult:
+            grad_accum: int = 1, precision: str | None = None) -> RunResult:
     """Profile one training step of a registered backbone with a registered method.
 
     `model`: a RunSpec (membench.spec: the run description; the other run options are then not
@@ -67,7 +67,8 @@ def profile(model: str | RunSpec | None = None, method: str = "full", *, batch_s
     `seq_len` (default 512; image models take `image_size`), `target`/`gpu`/`alloc_conf`/`context`
     (what the figures describe; on `fake` the default is CUDA on an A100 80GB), `optimizer`
     (membench.optimizers), `tiny` (the family's tiny config under the overrides), `grad_accum` (micro-steps
-    of `batch_size` each per optimizer step: the figures cover every one of them).
+    of `batch_size` each per optimizer step: the figures cover every one of them), `precision` (Lightning's
+    names: 32-true, bf16-mixed, ...; `dtype`, the weights' dtype, defaults to the precision's).
 
     Besides the description: `snapshot` (a CUDA memory_viz snapshot path, --device cuda), `progress`
     (called with what the run is doing: building, each phase of the step, layer i/N with the time left
@@ -88,7 +89,8 @@ def profile(model: str | RunSpec | None = None, method: str = "full", *, batch_s
                        dtype=dtype, device=device, attn=attn, overrides=overrides or {},
                        method_options=method_options or {}, pretrained=pretrained, seed=seed, target=target,
                        gpu=gpu, optimizer=optimizer, alloc_conf=alloc_conf,
-                       context=None if context is None else str(context), tiny=tiny, grad_accum=grad_accum)
+                       context=None if context is None else str(context), tiny=tiny, grad_accum=grad_accum,
+                       precision=precision)
     return run(spec.validate(), snapshot=snapshot, progress=progress, track_live=track_live)
 
 
@@ -105,7 +107,8 @@ def run(spec: RunSpec, *, snapshot: str | None = None, progress: Callable[[str],
     backend.check_snapshot(snapshot)
     built = build(spec, backend, say=progress)
     groups, order = layer_groups(built.model, built.family, built.base)
-    plan = backend.plan(spec.optimizer, track_live=track_live, snapshot=snapshot, micro_steps=spec.grad_accum)
+    plan = backend.plan(spec.optimizer, track_live=track_live, snapshot=snapshot, micro_steps=spec.grad_accum,
+                        precision=spec.training_precision)
     tracker = None
     if progress is not None:
         layers = [layer for stack in built.family.stacks(built.base).values() for layer in stack]

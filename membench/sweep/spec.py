@@ -78,6 +78,11 @@ class Grid:
             for v in getattr(self, axis):
                 if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                     raise UserError(f"{self.name(axis)}: {v!r} is not a positive integer")
+        if self.run.precision is not None and self.dtypes == default("dtypes"):  # the dtype follows --precision
+            from ..precision import PRECISIONS
+
+            weights = PRECISIONS.get(str(self.run.precision).strip().lower())
+            self.dtypes = [weights.weights] if weights is not None else self.dtypes
         try:
             canon = [dtypes.canonical(d) for d in self.dtypes]
         except UserError as exc:

@@ -98,7 +98,7 @@ def test_what_stays_after_the_step_is_weights_gradients_and_state():
 PREDICT_KEYS = ["max_allocated_bytes", "max_reserved_bytes", "allocated_after_step_bytes", "start_allocated_bytes",
                 "activation_bytes_paper", "cublas_workspace_bytes", "context_bytes", "nvidia_smi_bytes", "segments",
                 "alloc_conf", "first_step", "phases", "oom"]
-BACKEND_KEYS = ["context_source", "gpu", "sdpa_backends", "kernel_allocations", "approximate"]
+BACKEND_KEYS = ["context_source", "gpu", "sdpa_backends", "kernel_allocations", "paged_bytes", "approximate"]
 
 
 def test_predict_returns_a_record_that_reads_like_its_json_dict():
