@@ -6,7 +6,7 @@
     python benchmarks/doc_tables.py --render         # re-render from the committed JSON into the docs
     python benchmarks/doc_tables.py --verify memory  # re-measure; exit 1 if a memory figure moved (slow)
 
-A measurement (`memory`, `methods`, `fit`, `speed`) saves its figures with their provenance
+A measurement (`memory`, `methods`, `fit`, `speed`, `chunks`, `recipes`, `validation`) saves its figures with their provenance
 in docs/tables/<name>.json; each table is rendered from one of them and lives between
 markers in a markdown file:
 
@@ -63,6 +63,21 @@ RECIPES = [
        [("bf16-true", None, "adamw"), ("bf16-mixed", "bf16", "adamw"), ("bf16-mixed", "bf16", "adamw-8bit"),
         ("bf16-mixed", "bf16", "paged-adamw-8bit"), ("bf16-mixed", "bf16", "adafactor"),
         ("bf16-mixed", None, "adamw")]) for gpu in ("a100-80gb", "rtx4090-24gb")],
+]
+# docs/validation.md: published real-GPU measurements and the settings their sources state. The published
+# figure is the source's; membench predicts it from the stated setting; nothing is fitted to it.
+PUBLISHED = [
+    {"source": "Hugging Face transformers docs, 'Methods and tools for efficient training on a single GPU' "
+               "(v4.2x; the same run in 'Model training anatomy'): Trainer, bert-large-uncased sequence "
+               "classification, random tokens, 512 x 512, nvidia-ml-py `used` after `trainer.train()`",
+     "setting": "bert-large full, fp32, b4 s512, eager attention (BERT had no SDPA then), AdamW, V100; the CUDA "
+                "context the same page measured (1,343 MB after torch.ones(1).cuda())",
+     "published_mib": 14949, "model": "bert-large", "method": "full", "batch_size": 4, "seq_len": 512,
+     "kw": {"attn": "eager", "gpu": "v100-32gb", "context": "1343MiB"}},
+    {"source": "the same page: per_device_train_batch_size=1, gradient_accumulation_steps=4",
+     "setting": "as above, b1 with 4 accumulated micro-steps",
+     "published_mib": 8681, "model": "bert-large", "method": "full", "batch_size": 1, "seq_len": 512,
+     "kw": {"attn": "eager", "gpu": "v100-32gb", "context": "1343MiB", "grad_accum": 4}},
 ]
 SPEED_MODELS = {"opt-1.3b": {"wall_s": 20.0, "rss_gib": 1.0}, "llama-2-7b": {"wall_s": 60.0, "rss_gib": None}}
 
@@ -189,6 +204,20 @@ def measure_recipes() -> dict:
     return {"rows": rows}
 
 
+def measure_validation() -> dict:
+    from membench import profile
+
+    rows = []
+    for case in PUBLISHED:
+        r = profile(case["model"], case["method"], batch_size=case["batch_size"], seq_len=case["seq_len"],
+                    device="fake", **case["kw"])
+        p = r.predicted_cuda
+        rows.append({k: case[k] for k in ("source", "setting", "published_mib")}
+                    | {"max_allocated_bytes": p.max_allocated_bytes, "max_reserved_bytes": p.max_reserved_bytes,
+                       "nvidia_smi_bytes": p.nvidia_smi_bytes, "sdpa_backends": p.sdpa_backends})
+    return {"rows": rows}
+
+
 def _gpu_memory(gpu: str) -> int:
     from membench.gpu import specs
 
@@ -208,7 +237,7 @@ def measure_speed() -> dict:
 
 
 MEASURE = {"memory": measure_memory, "methods": measure_methods, "fit": measure_fit, "speed": measure_speed,
-           "chunks": measure_chunks, "recipes": measure_recipes}
+           "chunks": measure_chunks, "recipes": measure_recipes, "validation": measure_validation}
 
 
 # ---- how it is shown ----------------------------------------------------------------------------------------
@@ -366,6 +395,18 @@ def render_recipes(data: dict) -> str:
     return "\n".join(lines).rstrip()
 
 
+def render_validation(data: dict) -> str:
+    """docs/validation.md: published figure, prediction (nvidia-smi: max reserved + the stated context), error."""
+    lines = ["| source | setting | published (nvidia-smi) | predicted nvidia-smi | error | predicted max allocated "
+             "/ reserved |", "|---|---|---:|---:|---:|---|"]
+    for r in data["rows"]:
+        pred = r["nvidia_smi_bytes"] / 2**20
+        lines.append(f"| {r['source']} | {r['setting']} | {r['published_mib']:,} MiB | {pred:,.0f} MiB "
+                     f"| {100 * (pred / r['published_mib'] - 1):+.1f}% | {_mib(r['max_allocated_bytes'])} / "
+                     f"{_mib(r['max_reserved_bytes'])} MiB |")
+    return "\n".join(lines)
+
+
 def _stamp(data: dict) -> str:
     p = data["provenance"]
     return (f"<sub>Written by `python benchmarks/doc_tables.py {data['name']}` on {p['date']}: torch {p['torch']}, "
@@ -381,6 +422,7 @@ TABLES = {
     "speed": ("docs/profiling.md", "speed", render_speed),
     "meft-chunks": ("docs/meft.md", "chunks", render_chunks),
     "recipes": ("docs/recipes.md", "recipes", render_recipes),
+    "validation": ("docs/validation.md", "validation", render_validation),
 }
 MARK = re.compile(r"(<!-- membench:table (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /membench:table -->)", re.S)
 

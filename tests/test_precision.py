@@ -158,3 +158,10 @@ def test_recommend_counts_the_layers_that_pass_from_the_top():
     assert "checkpoint_every=2" in recommend(layers, {}, 1e-3)
     assert recommend([dict(r, grad_error=1e-6) for r in layers], {}, 1e-3) is None
     assert "use fp32" in recommend(layers, {"checkpoint_every": 1}, 1e-3)
+
+
+def test_16_mixed_refuses_fp16_trainable_weights_as_the_grad_scaler_would():
+    with pytest.raises(UserError, match="GradScaler cannot unscale fp16 gradients, and full trains fp16 weights"):
+        _run("opt", "16-mixed", "fake", dtype="fp16")
+    r = _run("opt", "16-mixed", "fake", method="lora", dtype="fp16")  # causal LM: only fp32 adapters train
+    assert r.precision == "16-mixed" and r.dtype == "fp16"

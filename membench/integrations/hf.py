@@ -67,46 +67,60 @@ class MembenchCallback(TrainerCallback):
 def profile_trainer_step(model, batch: dict, optimizer, args, *, name: str | None = None):
     """One step of `model` on `batch` with `optimizer` in `args`' precision, profiled; the model, the optimizer
     and the random state are left as they were."""
+    import torch
+
+    device = next(model.parameters()).device.type
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    accum = max(1, int(getattr(args, "gradient_accumulation_steps", 1) or 1))
+    return profile_step_restored(model, model, batch, optimizer, precision=trainer_precision(args) or None,
+                                 accum=accum, name=name or type(model).__name__,
+                                 source="transformers Trainer (membench.integrations.hf)")
+
+
+def profile_step_restored(model, runs, batch, optimizer, *, precision: str | None, accum: int, name: str, source: str):
+    """Profile one step of `runs` (a module whose call on `batch` gives the output the loss is read from; `model`,
+    or a wrapper of its training step) with `optimizer` (None: AdamW), in `precision` with `accum` micro-steps;
+    then restore `model`'s weights, the optimizer's state and the random state. Rows: `model`'s largest ModuleList.
+    """
     import time
 
     import torch
 
-    from .. import optimizers, precision
+    from .. import optimizers
+    from .. import precision as precisions
     from ..backends import for_tensors
     from ..profilers.step import profile_step
     from ..runner.module import auto_groups, batch_shape
     from ..runner.summary import to_result
     from ..spec import RunSpec
 
-    device = next(model.parameters()).device.type
-    backend = for_tensors(device)
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    recipe = precision.get(trainer_precision(args)) if trainer_precision(args) else None
-    accum = max(1, int(getattr(args, "gradient_accumulation_steps", 1) or 1))
     t0 = time.perf_counter()
+    backend = for_tensors(next(model.parameters()).device.type)
+    recipe = precisions.get(precision) if precision else None
     # gradient accumulation: that many forward/backward passes (on this batch: the memory of any batch of its
-    # shape) before the optimizer step, as the Trainer runs them
+    # shape) before the optimizer step, as the trainer runs them
     plan = backend.plan(optimizers.DEFAULT, precision=recipe, micro_steps=accum)
-    if optimizer is not None:  # the Trainer's own optimizer (its state is restored afterwards)
+    if optimizer is not None:  # the trainer's own optimizer (its state is restored afterwards)
         plan.optimizer, plan.optimizer_name = (lambda params: optimizer), type(optimizer).__name__
         plan.host_state = plan.paged_state = None
     groups, order = auto_groups(model)
-    weights = copy.deepcopy({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+    if runs is not model:
+        groups = {**groups, runs: "outside"}
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
     was_training = model.training
     with torch.random.fork_rng(devices=backend.rng_devices()):
         try:
-            step = profile_step(model, batch, plan, groups=groups)
+            step = profile_step(runs, batch, plan, groups=groups)
         finally:
             model.load_state_dict(weights)
             if optimizer is not None:
                 optimizer.load_state_dict(state)
                 optimizer.zero_grad(set_to_none=True)
             model.train(was_training)
-    b, s, shape = batch_shape(batch)
+    b, s, shape = batch_shape(batch if not isinstance(batch, tuple) else batch[0])
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    spec = RunSpec(model=name or type(model).__name__, method="trainer", batch_size=b, seq_len=s, dtype=dtype,
-                   device=backend.device, attn="", precision=recipe.name if recipe else None,
-                   grad_accum=accum)
+    spec = RunSpec(model=name, method="trainer", batch_size=b, seq_len=s, dtype=dtype, device=backend.device,
+                   attn="", precision=recipe.name if recipe else None, grad_accum=accum)
     return to_result(step, order, spec, backend, plan=plan, wall_s=time.perf_counter() - t0, input_shape=shape,
-                     extra={"source": "transformers Trainer (membench.integrations.hf)"})
+                     extra={"source": source})

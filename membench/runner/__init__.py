@@ -106,6 +106,7 @@ def run(spec: RunSpec, *, snapshot: str | None = None, progress: Callable[[str],
     backend.check_track_live(track_live)
     backend.check_snapshot(snapshot)
     built = build(spec, backend, say=progress)
+    _check_scaled(spec, built.model)
     groups, order = layer_groups(built.model, built.family, built.base)
     plan = backend.plan(spec.optimizer, track_live=track_live, snapshot=snapshot, micro_steps=spec.grad_accum,
                         precision=spec.training_precision)
@@ -128,6 +129,20 @@ def run(spec: RunSpec, *, snapshot: str | None = None, progress: Callable[[str],
     return to_result(step, order, built.described(), backend, plan=plan, wall_s=time.perf_counter() - t0,
                      extra={"config": built.config.to_dict(), "pretrained": spec.pretrained},
                      input_shape=batch_shape(built.batch)[2])
+
+
+def _check_scaled(spec: RunSpec, model) -> None:
+    """A GradScaler unscales fp32 gradients only (torch refuses fp16 ones): 16-mixed trains fp32 weights."""
+    from ..errors import UserError
+
+    precision = spec.training_precision
+    if precision.scaler:
+        half = [n for n, p in model.named_parameters() if p.requires_grad and str(p.dtype) == "torch.float16"]
+        if half:
+            raise UserError(f"--precision {precision.name}: its GradScaler cannot unscale fp16 gradients, and "
+                            f"{spec.method} trains fp16 weights ({half[0]}, ...) with --dtype {spec.dtype}; use "
+                            "--dtype fp32 (fp32 master weights), or train only fp32 weights (peft keeps LoRA and IA3 "
+                            "adapters in fp32, not a task head)", field=("precision",))
 
 
 def profile_built(built: Built, batch: dict, *, optimizer=None, name: str | None = None,
