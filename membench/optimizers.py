@@ -170,6 +170,7 @@ def paged_state(name: str, target: str) -> Callable | None:
 
 
 def _state(optimizer, keys) -> list:
+    """The tensors among the state entries `keys` of every parameter of `optimizer`."""
     out = []
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -181,13 +182,4 @@ def _state(optimizer, keys) -> list:
 def host_state(name: str, target: str) -> Callable:
     """optimizer -> the state tensors of `name` (as `target` runs it) that a GPU keeps in host memory."""
     keys = resolve(name, target).host_state
-
-    def tensors(optimizer) -> list:
-        out = []
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                state = optimizer.state.get(p, {})
-                out += [state[k] for k in keys if hasattr(state.get(k), "untyped_storage")]
-        return out
-
-    return tensors
+    return lambda optimizer: _state(optimizer, keys)

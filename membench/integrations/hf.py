@@ -21,6 +21,32 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 
+class Recorder:
+    """Where a callback's result goes: a JSON file and a results database, each checked when the callback is made
+    (a bad path fails before training starts)."""
+
+    def __init__(self, out: str | Path | None, db: str | Path | None):
+        from ..paths import output_file
+
+        self.out, self.db = out, db
+        if out is not None:
+            output_file(out, "out")
+        if db is not None:
+            from ..results.schema import check_writable
+
+            check_writable(db)
+
+    def keep(self, result):
+        if self.out is not None:
+            result.save(str(self.out))
+        if self.db is not None:
+            from ..result import RunRecord
+            from ..results import store_result
+
+            store_result(str(self.db), RunRecord(result=result))
+        return result
+
+
 def trainer_precision(args) -> str:
     """The membench precision of a TrainingArguments (bf16=True is bf16-mixed, fp16=True is 16-mixed)."""
     return "bf16-mixed" if getattr(args, "bf16", False) else "16-mixed" if getattr(args, "fp16", False) else ""
@@ -35,15 +61,8 @@ class MembenchCallback(TrainerCallback):
 
     def __init__(self, out: str | Path | None = "membench-step.json", db: str | Path | None = None,
                  name: str | None = None):
-        from ..paths import output_file
-
-        self.out, self.db, self.name = out, db, name
-        if out is not None:
-            output_file(out, "out")
-        if db is not None:
-            from ..results.schema import check_writable
-
-            check_writable(db)
+        self.recorder = Recorder(out, db)
+        self.name = name
         self.result = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
@@ -54,14 +73,7 @@ class MembenchCallback(TrainerCallback):
         with torch.random.fork_rng():  # drawing the batch draws the sampler's seed: leave the run's RNG as it was
             batch = next(iter(train_dataloader))
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper: the torch optimizer in it
-        self.result = profile_trainer_step(model, batch, optimizer, args, name=self.name)
-        if self.out is not None:
-            self.result.save(str(self.out))
-        if self.db is not None:
-            from ..result import RunRecord
-            from ..results import store_result
-
-            store_result(str(self.db), RunRecord(result=self.result))
+        self.result = self.recorder.keep(profile_trainer_step(model, batch, optimizer, args, name=self.name))
 
 
 def profile_trainer_step(model, batch: dict, optimizer, args, *, name: str | None = None):

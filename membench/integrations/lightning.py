@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from .hf import profile_step_restored
+from .hf import Recorder, profile_step_restored
 
 
 class MembenchCallback(Callback):
@@ -24,15 +24,8 @@ class MembenchCallback(Callback):
 
     def __init__(self, out: str | Path | None = "membench-step.json", db: str | Path | None = None,
                  name: str | None = None):
-        from ..paths import output_file
-
-        self.out, self.db, self.name = out, db, name
-        if out is not None:
-            output_file(out, "out")
-        if db is not None:
-            from ..results.schema import check_writable
-
-            check_writable(db)
+        self.recorder = Recorder(out, db)
+        self.name = name
         self.result = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -53,14 +46,7 @@ class MembenchCallback(Callback):
 
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         precision = str(trainer.precision)
-        self.result = profile_step_restored(
+        self.result = self.recorder.keep(profile_step_restored(
             pl_module, TrainingStep(pl_module), (batch,), optimizer, precision=precision if precision.endswith(
                 "-mixed") else None, accum=trainer.accumulate_grad_batches, name=self.name or type(pl_module).__name__,
-            source="Lightning Trainer (membench.integrations.lightning)")
-        if self.out is not None:
-            self.result.save(str(self.out))
-        if self.db is not None:
-            from ..result import RunRecord
-            from ..results import store_result
-
-            store_result(str(self.db), RunRecord(result=self.result))
+            source="Lightning Trainer (membench.integrations.lightning)"))

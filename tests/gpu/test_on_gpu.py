@@ -81,3 +81,17 @@ def test_allocator_replay_matches_the_gpu():
     assert abs(replay["max_allocated_bytes"] / measured["max_allocated_bytes"] - 1) <= 0.01
     assert abs(replay["max_reserved_bytes"] / measured["max_reserved_bytes"] - 1) <= 0.03
     assert replay["allocated_after_step_bytes"] == measured["end_allocated_bytes"]
+
+
+@pytest.mark.parametrize("family", ["bert", "opt", "llama"])
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_fake_target_cuda_autocasts_as_the_gpu(family, precision, attn):
+    """Mixed precision: CUDA's autocast policy, emulated on fake tensors (membench/gpu/autocast.py), saves what
+    the GPU's real autocast saves, layer by layer."""
+    model, ov = tiny(family, layers=2, hidden=128, heads=2)
+    kw = dict(batch_size=2, seq_len=64, attn=attn, overrides=ov, precision=precision)
+    gpu = profile(model, "full", device="cuda", **kw)
+    fake = profile(model, "full", device="fake", target="cuda", gpu=_spec(), **kw)
+    assert fake.layer_bytes == gpu.layer_bytes
+    assert fake.weight_copy_bytes == gpu.weight_copy_bytes
