@@ -71,7 +71,8 @@ def oldest(session: nox.Session) -> None:
 
     torch's oldest release comes from PyPI, which ships CUDA builds only: a large download (about
     4.5 GB with its CUDA libraries), that runs on a CPU-only machine as well."""
-    session.install(*oldest_pins(), "-e", ".[dev]")
+    # the runtime floors and the test runner only (COMPAT_TESTS need nothing of the dev extra's tools)
+    session.install(*oldest_pins(), "-e", ".", "pytest>=8")
     session.run("python", "-c", "import torch, transformers, peft; print('oldest: torch', torch.__version__, "
                 "'transformers', transformers.__version__, 'peft', peft.__version__)")
     session.run("pytest", "-q", "-p", "no:cacheprovider", *(session.posargs or COMPAT_TESTS))
