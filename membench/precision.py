@@ -82,6 +82,13 @@ def get(name: str) -> Precision:
     raise UserError(f"unknown precision {name!r}; allowed: {allowed}", field=("precision",))
 
 
+def default_weights(name: str | None) -> str | None:
+    """The weights' dtype a precision trains by default ('bf16-true' -> 'bf16'); None for no or an unknown name
+    (validate() says what is wrong with it)."""
+    p = PRECISIONS.get(str(name).strip().lower()) if name is not None else None
+    return p.weights if p is not None else None
+
+
 def true_precision(dtype: str) -> Precision:
     """The precision whose weights and compute are all `dtype` (a run that names only --dtype)."""
     return next(p for p in PRECISIONS.values() if not p.mixed and p.weights == dtype)

@@ -136,8 +136,7 @@ class RunSpec:
     def __post_init__(self):
         object.__setattr__(self, "method", canonical_method(self.method))
         if self.dtype is None:  # the weights' dtype follows the precision (fp32 without one)
-            weights = precision_table.PRECISIONS.get(str(self.precision).strip().lower())
-            object.__setattr__(self, "dtype", weights.weights if weights is not None else "fp32")
+            object.__setattr__(self, "dtype", precision_table.default_weights(self.precision) or "fp32")
         object.__setattr__(self, "overrides", dict(self.overrides or {}))
         object.__setattr__(self, "method_options", dict(self.method_options or {}))
 
@@ -226,7 +225,7 @@ class RunSpec:
                     check_target_dtype(target, precision.autocast)
                 except UserError as exc:
                     raise UserError(f"--precision {precision.name} computes in {precision.autocast}: {exc} "
-                                    f"(16-mixed)", field=("precision",)) from None
+                                    "(in mixed precision: 16-mixed)", field=("precision",)) from None
         spec = self if dtype == self.dtype else self.replace(dtype=dtype)
         return spec if precision is None or precision.name == self.precision else spec.replace(precision=precision.name)
 

@@ -94,7 +94,7 @@ def results(
 def _precision(r, txt) -> str:
     """The training precision, with gradient accumulation (x4) where a run had it; runs stored before both were
     columns show '-'."""
-    import pandas as pd
+    import pandas as pd  # (imported by the command already: the results are a DataFrame)
 
     precision = txt(r.get("precision"))
     accum = r.get("grad_accum")

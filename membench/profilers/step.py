@@ -236,13 +236,11 @@ class _Step:
                 loss_value = float(loss.detach()) if self.plan.read_loss else None
                 del out, loss
         state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-        if tracker is not None and self.plan.host_state is not None:
-            for t in self.plan.host_state(opt):
-                tracker.mark_host(t)
+        host = list(self.plan.host_state(opt)) if self.plan.host_state is not None else []
         paged = list(self.plan.paged_state(opt)) if self.plan.paged_state is not None else []
         if tracker is not None:
-            for t in paged:
-                tracker.mark_host(t)  # not the caching allocator's: left out of its replay
+            for t in host + paged:  # neither is the caching allocator's: left out of its replay
+                tracker.mark_host(t)
         grad_ids = {tracker.record_id(g) for g in grads} - {None} if tracker is not None else set()
         grad_bytes = _unique_bytes(grads)
         del grads  # later steps free them (zero_grad): hold no reference

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import __version__, dtypes
+from .. import __version__, dtypes, precision
 from ..backends import runs_real_tensors
 from ..devices import DEVICES
 from ..errors import UserError
@@ -78,11 +78,9 @@ class Grid:
             for v in getattr(self, axis):
                 if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                     raise UserError(f"{self.name(axis)}: {v!r} is not a positive integer")
-        if self.run.precision is not None and self.dtypes == default("dtypes"):  # the dtype follows --precision
-            from ..precision import PRECISIONS
-
-            weights = PRECISIONS.get(str(self.run.precision).strip().lower())
-            self.dtypes = [weights.weights] if weights is not None else self.dtypes
+        weights = precision.default_weights(self.run.precision)
+        if weights is not None and self.dtypes == default("dtypes"):  # the dtype follows --precision
+            self.dtypes = [weights]
         try:
             canon = [dtypes.canonical(d) for d in self.dtypes]
         except UserError as exc:
