@@ -539,17 +539,28 @@ def fakeify(module, mode):
     """Swap every meta parameter/buffer for a fake CPU tensor (tied weights stay tied).
 
     `.to()` on fake parameters fails (swap_tensors refuses them), so models are
-    built on meta and converted once, here.
+    built on meta and converted once, here. What a parameter holds as attributes (a quantized weight's
+    scales: membench.profilers.weights) is converted with it.
     """
     import torch
 
+    from .profilers.weights import convert_attached, relink_modules
+
     cpu = torch.device("cpu")
     memo: dict[int, torch.Tensor] = {}
+    held: dict[int, object] = {}
+
+    def to_fake(t):
+        if t.device.type == "meta":
+            return mode.fake_tensor_converter.from_meta_and_device(mode, t, cpu)
+        return mode.from_tensor(t)
 
     def fake(t, param: bool):
         if id(t) not in memo:
-            f = mode.fake_tensor_converter.from_meta_and_device(mode, t.data if param else t, cpu)
+            f = to_fake(t.data if param else t)
             memo[id(t)] = torch.nn.Parameter(f, requires_grad=t.requires_grad) if param else f
+            if param:
+                convert_attached(t, memo[id(t)], to_fake, held)
         return memo[id(t)]
 
     for m in module.modules():
@@ -559,6 +570,8 @@ def fakeify(module, mode):
         for name, b in list(m._buffers.items()):
             if b is not None:
                 m._buffers[name] = fake(b, False)
+    if held:
+        relink_modules(module, held)
     return module
 
 

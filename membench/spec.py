@@ -129,9 +129,19 @@ class RunSpec:
     grad_accum: int = option(1, "gradient accumulation: micro-steps of --batch-size each per optimizer step "
                                 "(their gradients stay allocated through the next micro-step's forward)",
                              what="gradient accumulation")
+    quant: str | None = option(None, "quantized frozen base (QLoRA), bitsandbytes: nf4, fp4 or int8 (docs/methods.md)")
+    quant_double_quant: bool = option(False, "4-bit: quantize the absmax too (QLoRA's double quantization; "
+                                             "off by default, as in BitsAndBytesConfig)",
+                                      flag="--quant-double-quant/--no-quant-double-quant")
+    quant_blocksize: int | None = option(None, "4-bit: weights per absmax (default 64)", what="quant block size")
+    quant_compute_dtype: str | None = option(None, "the dtype 4-bit layers compute in (default: the run's compute "
+                                                   "dtype: autocast's under a mixed precision, else --dtype)")
+    kbit_ckpt: bool = option(True, "with --quant: prepare_model_for_kbit_training's gradient checkpointing "
+                                   "(peft's default: on)", flag="--kbit-ckpt/--no-kbit-ckpt")
 
     # fields added after runs were stored -> the value that leaves them out of the key (stored runs keep theirs)
-    _LATER = {"image_size": None, "context": None, "grad_accum": 1, "precision": None}
+    _LATER = {"image_size": None, "context": None, "grad_accum": 1, "precision": None, "quant": None,
+              "quant_double_quant": False, "quant_blocksize": None, "quant_compute_dtype": None, "kbit_ckpt": True}
 
     def __post_init__(self):
         object.__setattr__(self, "method", canonical_method(self.method))
@@ -175,6 +185,13 @@ class RunSpec:
         return precision_table.resolve(self.precision, dtypes.short(self.dtype))[0]
 
     @property
+    def quantized(self):
+        """The quantized base (membench.quant.Quant) the run builds, or None: --quant and its options, resolved."""
+        from . import quant
+
+        return quant.resolve(self)
+
+    @property
     def seq_label(self) -> str:
         """The sequence as a table shows it: '128', or an image model's '224px' (its own size: 'image')."""
         if self.seq_len is not None:
@@ -196,7 +213,7 @@ class RunSpec:
 
         for name in ("batch_size", "seed", "grad_accum"):
             _integer(name, getattr(self, name), positive=name != "seed")
-        for name in ("seq_len", "image_size"):
+        for name in ("seq_len", "image_size", "quant_blocksize"):
             if getattr(self, name) is not None:
                 _integer(name, getattr(self, name), positive=True)
         if not self.model and not self.pretrained:
@@ -215,6 +232,7 @@ class RunSpec:
                             field=("attn",))
         _field_error("optimizer", lambda: optimizers.check(self.optimizer))
         self.method_spec  # noqa: B018 - the method's syntax
+        self.quantized  # noqa: B018 - --quant and its options
         device = self.device if self.device is not None else default_device()  # what the run will use
         if device in DEVICES:
             target = target_for(device, self.target, self.gpu, self.alloc_conf, context=self.context)

@@ -24,16 +24,15 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from . import register
-from .base import Method, MethodConfig, require_fraction, require_non_negative, require_positive_int
+from .base import (
+    Method,
+    MethodConfig,
+    neighbour,
+    require_fraction,
+    require_non_negative,
+    require_positive_int,
+)
 from .trainable import among, either, nothing, task_head
-
-
-def neighbour(module):
-    """(device, dtype) of a module's first parameter: new modules are created there, never moved."""
-    p = next(module.parameters(), None)
-    if p is None:
-        raise RuntimeError(f"cannot place an adapter next to {type(module).__name__}: it has no parameter")
-    return p.device, p.dtype
 
 
 class AdapterHook:

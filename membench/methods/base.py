@@ -61,6 +61,7 @@ class Method:
     is_modifier: ClassVar[bool] = False
     # what a method is, for code that must know it without testing names
     reversible: ClassVar[bool] = False  # activations recomputed in backward from the layer outputs (MEFT)
+    checkpoints: ClassVar[bool] = False  # a modifier that checkpoints every layer (+ckpt)
     modalities: ClassVar[tuple[str, ...]] = ("text", "image")  # the inputs (Family.modality) it applies to
 
     def apply(self, model, family, cfg: MethodConfig):  # pragma: no cover - interface
@@ -96,6 +97,20 @@ class Method:
         cfg = self.Config(**values)
         cfg.check(self.name)
         return cfg
+
+
+def neighbour(module):
+    """(device, dtype) that new modules beside `module` are created in (never moved afterwards): its first
+    floating-point parameter's. A quantized weight's integer storage is skipped; a module of quantized weights
+    only gets fp32 (what peft makes adapters in on a quantized base, and the dtype prepare_model_for_kbit_training
+    leaves the rest of the model in)."""
+    import torch
+
+    params = list(module.parameters())
+    if not params:
+        raise RuntimeError(f"cannot place new modules next to {type(module).__name__}: it has no parameter")
+    p = next((p for p in params if p.is_floating_point()), None)
+    return (p.device, p.dtype) if p is not None else (params[0].device, torch.float32)
 
 
 def unwrap_peft(model):

@@ -141,6 +141,7 @@ class Ckpt(Method):
     name = "ckpt"
     summary = "gradient checkpointing (non-reentrant) of every layer; combines with any method: full+ckpt"
     Config = CkptOptions
+    checkpoints = True
     is_modifier = True
 
     def apply(self, model, family, cfg: CkptOptions):

@@ -29,6 +29,8 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .weights import weight_tensors
+
 FORWARD, RECOMPUTE = "forward", "recompute"
 
 
@@ -139,10 +141,8 @@ class SavedTensorLedger:
 
     # ---- context -----------------------------------------------------------
     def __enter__(self) -> SavedTensorLedger:
-        for p in self.model.parameters():
-            self._skip[p.untyped_storage()] = "param"
-        for b in self.model.buffers():
-            self._skip[b.untyped_storage()] = "param"
+        for w in weight_tensors(self.model):  # parameters (and what they hold: a quantized weight's scales), buffers
+            self._skip[w.untyped_storage()] = "param"
         for t in self._inputs:
             if isinstance(t, torch.Tensor) and t.untyped_storage() not in self._skip:
                 self._skip[t.untyped_storage()] = "input"

@@ -26,6 +26,7 @@ from .cuda import CudaAllocatorStats
 from .ledger import FORWARD, RECOMPUTE, LedgerReport, SavedTensorLedger
 from .live import LiveMemoryTracker
 from .nvml import NvmlSampler
+from .weights import attached, weight_tensors
 
 
 def default_loss(output) -> torch.Tensor:
@@ -171,7 +172,11 @@ class _Step:
         self.opt = (plan.optimizer or _default_optimizer(self.trainable))(self.trainable)
         self.scaler = plan.scaler() if plan.scaler is not None else None
         self.inputs = _flatten_tensors(batch)
-        weights = self.params + list(model.buffers())
+        # everything the model holds when the step starts (a quantized weight's scales too), and its sizes then
+        weights = weight_tensors(model)
+        self.param_bytes = _unique_bytes(self.params + [t for p in self.params for t in attached(p)])
+        self.buffer_bytes = _unique_bytes(list(model.buffers()))
+        self.prestep = _storage_sizes([*weights, *self.inputs])
         self.tracker = (LiveMemoryTracker(weights + self.inputs, weights=weights, host_device=plan.host_device)
                         if plan.track_live else None)
         self.ledger = SavedTensorLedger(model, groups, inputs=tuple(self.inputs),
@@ -301,11 +306,10 @@ class _Step:
 
     def _summarize(self, first: _FirstStep) -> StepProfile:
         """What the profilers measured over the step, as one StepProfile (the first step's figures)."""
-        tracker, model, params = self.tracker, self.model, self.params
+        tracker, params = self.tracker, self.params
         report = self.ledger.report()
         opt_bytes = _unique_bytes(first.state)
-        param_bytes = _unique_bytes(params)
-        buffer_bytes = _unique_bytes(list(model.buffers()))
+        param_bytes, buffer_bytes = self.param_bytes, self.buffer_bytes
         input_bytes = _unique_bytes(self.inputs)
         if tracker is not None:
             opt_ids = ({tracker.record_id(t) for t in first.state} - {None}) | tracker.host_ids
@@ -339,7 +343,7 @@ class _Step:
             loss=first.loss_value,
             cuda=self.cuda_stats.summary() if self.cuda_stats else {},
             nvml=self.nvml.summary() if self.nvml else {},
-            prestep_bytes=_storage_sizes([*params, *model.buffers(), *self.inputs]),
+            prestep_bytes=self.prestep,
             live=tracker,
             phases=self.ran,
             live_end=first.live_end,

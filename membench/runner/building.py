@@ -152,13 +152,36 @@ def _model(spec: RunSpec, backend: Backend, family, config):
         except (ValueError, TypeError, AssertionError) as exc:
             raise UserError(f"cannot build {spec.model or spec.pretrained} with this config: "
                             f"{str(exc).splitlines()[0]}") from None
+        quant = spec.quantized
+        if quant is not None:  # the frozen base quantized as transformers and peft do it, before the method
+            from ..quant.base import quantize
+
+            _check_quantized_method(spec, quant, method, [m for m, _ in modifiers])
+            base = quantize(base, quant)
         trained = method.apply(base, family, cfg)
         declared = [method.trainable(trained, family, cfg)]  # before modifiers: what the method itself left
         for mod, mod_cfg in modifiers:
             trained = mod.apply(trained, family, mod_cfg)
             declared.append(mod.trainable(trained, family, mod_cfg))
-        trainable.set_trainable(trained, trainable.either(*declared))
+        which = trainable.either(*declared)
+        if quant is not None:
+            from ..quant.base import refuse_training_quantized
+
+            refuse_training_quantized(trained, which, spec.method)
+        trainable.set_trainable(trained, which)
     return base, trained, cfg, modifiers
+
+
+def _check_quantized_method(spec: RunSpec, quant, method, modifiers) -> None:
+    """What cannot run on a quantized base with peft's checkpointing on: a second checkpointing of the same
+    layers (+ckpt), or a reversible method (it recomputes the layers in its own backward)."""
+    if not quant.checkpointing:
+        return
+    twice = next((m for m in (method, *modifiers) if m.reversible or m.checkpoints), None)
+    if twice is not None:
+        what = "recomputes the layers in its own backward" if twice.reversible else "checkpoints the layers"
+        raise UserError(f"{twice.name} {what}, and --quant's prepare_model_for_kbit_training checkpoints them too "
+                        "(peft's default): add --no-kbit-ckpt", field=("kbit_ckpt",))
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .._bottleneck import Bottleneck, BottleneckShape
+from ..base import neighbour
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,8 @@ class BlockCall(nn.Module):
 def attach_adapters(shim: nn.Module, family, variant: str, d: int, shape: BottleneckShape) -> None:
     """Create the variant's adapters on `shim` (device/dtype of the layer) and hook the in-layer ones."""
     layer = shim.layer
-    ref = next(layer.parameters())
-    make = lambda: Bottleneck(d, shape, device=ref.device, dtype=ref.dtype)  # noqa: E731
+    device, dtype = neighbour(layer)
+    make = lambda: Bottleneck(d, shape, device=device, dtype=dtype)  # noqa: E731
     shim.ffn_adapter = make()
     ffn_in, ffn_out = family.ffn_in(layer), family.ffn_out(layer)
     for m in (ffn_in, ffn_out):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .._bottleneck import BottleneckShape
+from ..base import neighbour
 from .coupling import VARIANTS, BlockCall, Coupling, attach_adapters
 from .reversible import StackCall, run_stack
 
@@ -181,10 +182,10 @@ def install(model, family, opts) -> list[MeftStack]:
             shims.append(shim)
         stack = MeftStack(name, shims, family, opts, family.causal(name))
         if stack.output == "merge":
-            ref = next(shims[-1].layer.parameters())
-            merge = nn.Linear(2 * d, d, device=ref.device, dtype=ref.dtype)
+            device, dtype = neighbour(shims[-1].layer)
+            merge = nn.Linear(2 * d, d, device=device, dtype=dtype)
             with torch.no_grad():
-                eye = torch.eye(d, device=ref.device, dtype=ref.dtype)
+                eye = torch.eye(d, device=device, dtype=dtype)
                 a, b = (opts.scale * eye, eye) if stack.plm_stream == 1 else (eye, opts.scale * eye)
                 merge.weight.copy_(torch.cat([a, b], dim=1))
                 merge.bias.zero_()
