@@ -73,6 +73,15 @@ def check_target_dtype(target: Target, dtype: str) -> None:
                         "use fp16 or fp32, or a GPU of compute capability 8.0 or newer", field=("dtype",))
 
 
+def check_target_quant(target: Target, quant) -> None:
+    """Refuse a quantized base a prediction cannot size: LLM.int8()'s outlier columns on CUDA depend on the
+    activations' values (bitsandbytes' MatMul8bitLt, threshold 6.0), which fake tensors do not have."""
+    if quant is not None and quant.kind == "int8" and target.predicts_cuda:
+        raise UserError("--quant int8 on a GPU keeps the activations' outlier columns (LLM.int8(), threshold 6.0), "
+                        "whose number depends on their values: a prediction cannot size them; use nf4/fp4, "
+                        "--target cpu, or measure with --device cuda", field=("quant",))
+
+
 def parse_context(context: str | int | None) -> int | None:
     """--context SIZE ('1343MiB', '1.3GB', bytes) -> bytes; None stays None."""
     if context is None:
@@ -193,15 +202,16 @@ class Backend:
 
     # ---- the step ------------------------------------------------------------------------------------------------
     def plan(self, optimizer: str, *, track_live: bool = True, snapshot: str | None = None, progress=None,
-             micro_steps: int = 1, precision=None):
+             micro_steps: int = 1, precision=None, model=None):
         """The StepPlan (membench.profilers.step) of this backend's step with `optimizer` (a name), `micro_steps`
         forward and backward passes per optimizer step (gradient accumulation), in `precision`
-        (membench.precision; a mixed one runs the forward under the target's autocast)."""
+        (membench.precision; a mixed one runs the forward under the target's autocast). `model`: the model the
+        step runs (a prediction routes what its layers run on the target: bitsandbytes' 4-bit matmul)."""
         from . import optimizers
         from .profilers.step import StepPlan
 
         mixed = precision is not None and precision.mixed
-        modes = self._modes() + (self._autocast_modes() if mixed else [])
+        modes = self._modes() + (self._autocast_modes() if mixed else []) + self._model_modes(model)
         kind = self.target.kind
         return StepPlan(optimizer=optimizers.factory(optimizer, kind),
                         optimizer_name=optimizers.implementation(optimizer, kind), modes=modes,
@@ -215,6 +225,10 @@ class Backend:
                         scaler=self._scaler if mixed and precision.scaler else None)
 
     def _modes(self) -> list:
+        return []
+
+    def _model_modes(self, model) -> list:
+        """Modes a model's own layers need on this backend (entered above every other mode)."""
         return []
 
     # ---- mixed precision: the autocast region and the loss scaler of the device the step runs on --------------
@@ -380,6 +394,13 @@ class FakeCudaBackend(_CudaTarget, _Fake):
         from .gpu.autocast import CudaAutocastPolicy
 
         return [CudaAutocastPolicy()]  # CPU autocast casts as CUDA's does (membench/gpu/autocast.py)
+
+    def _model_modes(self, model) -> list:
+        if model is None or not any(hasattr(p, "quant_state") for p in model.parameters()):
+            return []
+        from .gpu.bnb import CudaGemm4bit
+
+        return [CudaGemm4bit(self.target.gpu)]  # bitsandbytes' 4-bit layers: what its CUDA dispatch allocates
 
     def _modes(self) -> list:
         from .gpu.emulation import CudaRouting

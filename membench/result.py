@@ -15,7 +15,8 @@ from .gpu.predict import PredictedCuda
 # 2: seq_len is None for an input without a sequence axis (profile_module on a [b, d] batch); input_shape added
 # 3: grad_accum added (micro-steps per optimizer step; 1 in older files)
 # 4: precision added (Lightning's names; "" in older files: their dtype's true precision)
-SCHEMA_VERSION = 4
+# 5: quant added (the quantized base: nf4, nf4+dq, fp4/b128, int8; "" for none and in older files)
+SCHEMA_VERSION = 5
 
 
 def check_model_source(model: str | None, pretrained: str | None) -> None:
@@ -94,6 +95,7 @@ class RunResult:
     input_shape: list[int] = field(default_factory=list)  # the first input tensor's shape ([b, s] token ids...)
     grad_accum: int = 1  # micro-steps of batch_size each per optimizer step (the figures cover them all)
     precision: str = ""  # the training precision (membench.precision: 32-true, bf16-mixed, ...; "" before 4)
+    quant: str = ""  # the quantized base (membench.quant.Quant.label: nf4+dq, int8); "": none
     schema_version: int = SCHEMA_VERSION
 
     @property

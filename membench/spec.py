@@ -208,7 +208,7 @@ class RunSpec:
         """Every field checked once (no torch): each error names its field. Returns the spec with the
         dtype spelled as results spell it (bf16, fp32, ...)."""
         from . import dtypes
-        from .backends import check_target_dtype, target_for
+        from .backends import check_target_dtype, check_target_quant, target_for
         from .devices import DEVICES, default_device
 
         for name in ("batch_size", "seed", "grad_accum"):
@@ -232,11 +232,12 @@ class RunSpec:
                             field=("attn",))
         _field_error("optimizer", lambda: optimizers.check(self.optimizer))
         self.method_spec  # noqa: B018 - the method's syntax
-        self.quantized  # noqa: B018 - --quant and its options
+        quant = self.quantized  # --quant and its options
         device = self.device if self.device is not None else default_device()  # what the run will use
         if device in DEVICES:
             target = target_for(device, self.target, self.gpu, self.alloc_conf, context=self.context)
             check_target_dtype(target, dtype)
+            check_target_quant(target, quant)
             _field_error("optimizer", lambda: optimizers.check_target(self.optimizer, target.kind))
             if precision is not None and precision.autocast is not None:
                 try:

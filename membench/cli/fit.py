@@ -64,7 +64,7 @@ def fit(spec: dict, settings: FitSettings) -> None:
     if settings.out is not None:
         data = {"schema_version": FIT_SCHEMA_VERSION, "model": run_spec.model, "gpu": gpu.name, "dtype": rows[0].dtype,
                 "precision": run_spec.training_precision.name, "optimizer": run_spec.optimizer,
-                "grad_accum": run_spec.grad_accum,
+                "grad_accum": run_spec.grad_accum, "quant": run_spec.quantized.label if run_spec.quant else None,
                 "headroom": settings.headroom, "memory_bytes": gpu.memory_bytes,
                 "context_source": "given (--context)" if given_context else "GPU table (typical, lazy loading)",
                 "rows": [r.to_dict() for r in rows]}
@@ -90,7 +90,8 @@ def _probe_line(method: str, seq: int, batch: int, peak: int, fits: bool) -> Non
 def _recipe(spec) -> str:
     """'fp32 · adamw' and, where given, the precision and accumulation: what every row's probes ran."""
     precision = spec.training_precision
-    parts = [spec.dtype] + ([precision.name] if precision.mixed else []) + [spec.optimizer]
+    quant = [f"{spec.quantized.label} base"] if spec.quant else []
+    parts = [spec.dtype, *quant] + ([precision.name] if precision.mixed else []) + [spec.optimizer]
     if spec.grad_accum > 1:
         parts.append(f"micro-batch x{spec.grad_accum} accumulated")
     return " · ".join(parts)

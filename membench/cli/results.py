@@ -69,7 +69,7 @@ def results(
             ("status", lambda r: f"[{style.get(r['status'], 'white')}]{r['status']}[/]"),
             ("model", lambda r: txt(r["model"])), ("method", lambda r: txt(r["method"])),
             ("batch", lambda r: txt(r["batch_size"])), ("seq", lambda r: txt(r["seq_len"])),
-            ("dtype", lambda r: txt(r["dtype"])), ("precision", lambda r: _precision(r, txt)),
+            ("dtype", lambda r: _dtype(r, txt)), ("precision", lambda r: _precision(r, txt)),
             ("optimizer", lambda r: txt(r["optimizer"])), ("device", lambda r: txt(r["device"])),
             ("activations", lambda r: _hb(r["activation_bytes"])),
             ("peak act.", lambda r: _hb(r["peak_activation_bytes"])),
@@ -89,6 +89,12 @@ def results(
         r = row._asdict()
         table.add_row(*(cell(r) for _, cell in cols))
     console.print(table)
+
+
+def _dtype(r, txt) -> str:
+    """The weights' dtype, with the quantized base where a run had one ('bf16 · nf4+dq')."""
+    quant = r.get("quant")
+    return txt(r["dtype"]) + (f" · {quant}" if isinstance(quant, str) and quant else "")
 
 
 def _precision(r, txt) -> str:

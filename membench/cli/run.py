@@ -54,6 +54,7 @@ def print_result(result) -> None:
         caption += ("; loss: a pseudo-loss, the sum of the first output tensor (pass loss_fn for your "
                     "training loss)")
     precision = f" · {result.precision}" if result.precision and result.precision.endswith("-mixed") else ""
+    precision += f" · {result.quant} base" if result.quant else ""
     table = fmt_table(f"{result.model} · {result.method} · {result.shape_label} · "
                       f"{result.dtype}{precision} · {result.device}",
                       [("layer", "left"), ("saved for backward", "right"), ("recomputed in backward", "right")],

@@ -41,6 +41,7 @@ class GpuSpec:
     context_bytes: int  # typical CUDA context (approximate)
     prefers_cudnn_sdpa: bool = False  # torch >= 2.9 with cuDNN >= 9.15 puts cuDNN attention first (sm90/sm100)
     pattern: str = ""  # a regular expression that finds this model in torch.cuda.get_device_name(), lowercased
+    sms: int = 0  # streaming multiprocessors (bitsandbytes' 4-bit matmul picks its kernel by them)
 
     @property
     def compute_capability(self) -> str:
@@ -61,25 +62,25 @@ class GpuSpec:
                 "prefers_cudnn_sdpa": self.prefers_cudnn_sdpa}
 
 
-def _gpu(name, label, pattern, cc, memory_mib, context_mib, cudnn=False) -> GpuSpec:
+def _gpu(name, label, pattern, cc, memory_mib, context_mib, sms, cudnn=False) -> GpuSpec:
     major, minor = cc
-    return GpuSpec(name, label, major, minor, memory_mib * MiB, context_mib * MiB, cudnn, pattern)
+    return GpuSpec(name, label, major, minor, memory_mib * MiB, context_mib * MiB, cudnn, pattern, sms)
 
 
 # One row per GPU. `pattern` finds the model in a real device's name (a measured run's spec is the row it
 # finds); rows of one model in several sizes share it, and the device's memory picks the row. Whole words
 # only: "l4" is not the L40S, "a10g" not the A100.
 GPUS: dict[str, GpuSpec] = {g.name: g for g in (
-    _gpu("v100-32gb", "Tesla V100-SXM2-32GB", r"\bv100s?\b", (7, 0), 32_768, 310),
-    _gpu("a10g-24gb", "NVIDIA A10G", r"\ba10g\b", (8, 6), 23_028, 380),
-    _gpu("rtx3090-24gb", "NVIDIA GeForce RTX 3090", r"\brtx ?3090\b", (8, 6), 24_576, 350),
-    _gpu("rtx4090-24gb", "NVIDIA GeForce RTX 4090", r"\brtx ?4090\b", (8, 9), 24_564, 380),
-    _gpu("l4-24gb", "NVIDIA L4", r"\bl4\b", (8, 9), 23_034, 380),
-    _gpu("a6000-48gb", "NVIDIA RTX A6000", r"\ba6000\b", (8, 6), 49_140, 380),
-    _gpu("a100-40gb", "NVIDIA A100-SXM4-40GB", r"\ba100\b", (8, 0), 40_960, 420),
-    _gpu("a100-80gb", "NVIDIA A100-SXM4-80GB", r"\ba100\b", (8, 0), 81_920, 420),
-    _gpu("h100-80gb", "NVIDIA H100 80GB HBM3", r"\bh100\b", (9, 0), 81_559, 520, cudnn=True),
-    _gpu("h200-141gb", "NVIDIA H200", r"\bh200\b", (9, 0), 143_771, 520, cudnn=True),
+    _gpu("v100-32gb", "Tesla V100-SXM2-32GB", r"\bv100s?\b", (7, 0), 32_768, 310, 80),
+    _gpu("a10g-24gb", "NVIDIA A10G", r"\ba10g\b", (8, 6), 23_028, 380, 80),
+    _gpu("rtx3090-24gb", "NVIDIA GeForce RTX 3090", r"\brtx ?3090\b", (8, 6), 24_576, 350, 82),
+    _gpu("rtx4090-24gb", "NVIDIA GeForce RTX 4090", r"\brtx ?4090\b", (8, 9), 24_564, 380, 128),
+    _gpu("l4-24gb", "NVIDIA L4", r"\bl4\b", (8, 9), 23_034, 380, 58),
+    _gpu("a6000-48gb", "NVIDIA RTX A6000", r"\ba6000\b", (8, 6), 49_140, 380, 84),
+    _gpu("a100-40gb", "NVIDIA A100-SXM4-40GB", r"\ba100\b", (8, 0), 40_960, 420, 108),
+    _gpu("a100-80gb", "NVIDIA A100-SXM4-80GB", r"\ba100\b", (8, 0), 81_920, 420, 108),
+    _gpu("h100-80gb", "NVIDIA H100 80GB HBM3", r"\bh100\b", (9, 0), 81_559, 520, 132, cudnn=True),
+    _gpu("h200-141gb", "NVIDIA H200", r"\bh200\b", (9, 0), 143_771, 520, 132, cudnn=True),
 )}
 DEFAULT_GPU = "a100-80gb"
 UNKNOWN_GPU_CONTEXT = 512 * MiB  # a measured GPU the table lacks: a typical context, until NVML measures it

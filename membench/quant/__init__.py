@@ -84,6 +84,12 @@ def resolve(spec) -> Quant | None:
     return Quant(spec.quant, bool(spec.quant_double_quant) and four, blocksize, compute, bool(spec.kbit_ckpt))
 
 
+def label_of(config: dict) -> str:
+    """The label (Quant.label) of a run's stored config (a RunSpec's dict), without resolving the compute dtype."""
+    blocksize = config.get("quant_blocksize") or DEFAULT_BLOCKSIZE
+    return Quant(config["quant"], bool(config.get("quant_double_quant")), blocksize).label
+
+
 def default_compute(spec) -> str:
     """The run's compute dtype: its autocast dtype under a mixed precision, else its weights' dtype."""
     precision = spec.training_precision

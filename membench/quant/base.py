@@ -33,9 +33,11 @@ def bnb_config(quant: Quant):
                               bnb_4bit_compute_dtype=dtypes.to_torch(quant.compute), bnb_4bit_quant_storage=torch.uint8)
 
 
-def quantize(model, quant: Quant):
+def quantize(model, quant: Quant, skip=()):
     """Replace the base's frozen nn.Linear layers as transformers does, quantize their weights where they are
-    (cpu: real, meta: shapes), and prepare the model for k-bit training as peft does. Returns the model."""
+    (cpu: real, meta: shapes), and prepare the model for k-bit training as peft does. Returns the model.
+    `skip`: module names left unquantized besides transformers' own skips (a classifier's new head, as a user
+    passes it in llm_int8_skip_modules: it trains)."""
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers.integrations import replace_with_bnb_linear
@@ -46,8 +48,8 @@ def quantize(model, quant: Quant):
     _dynamic_map(bnb)
     config = bnb_config(quant)
     quantizer = AutoHfQuantizer.from_config(config, pre_quantized=False)
-    skip = quantizer.get_modules_to_not_convert(model, config.llm_int8_skip_modules,
-                                                getattr(model, "_keep_in_fp32_modules", None))
+    skip = quantizer.get_modules_to_not_convert(model, list(skip) or config.llm_int8_skip_modules,
+                                                getattr(model, "_keep_in_fp32_modules", None), add_default_skips=True)
     originals = {name: m for name, m in model.named_modules() if isinstance(m, Conv1D) or type(m) is torch.nn.Linear}
     replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=config)
     converted = 0
@@ -74,9 +76,12 @@ def quantize(model, quant: Quant):
 def _dynamic_map(bnb) -> None:
     """bitsandbytes caches its 8-bit 'dynamic' code on the device of its first use; made here on the CPU (under
     fake tensors its construction fails: it reads values), so a meta or fake first use finds it."""
+    import torch
+
     qmaps = bnb.functional.name2qmap
     if "dynamic" not in qmaps or qmaps["dynamic"].device.type != "cpu":
-        qmaps["dynamic"] = bnb.functional.create_dynamic_map()
+        with torch.device("cpu"):  # (a fake build runs under torch.device("meta"))
+            qmaps["dynamic"] = bnb.functional.create_dynamic_map()
 
 
 def quantized_parameters(model) -> list:

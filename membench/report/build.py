@@ -168,7 +168,7 @@ def _recipe(r) -> str:
     def present(v):
         return v is not None and not pd.isna(v) and str(v) != ""
 
-    parts = [str(r.get(c)) for c in ("precision", "optimizer") if present(r.get(c))]
+    parts = [str(r.get(c)) for c in ("quant", "precision", "optimizer") if present(r.get(c))]
     accum = r.get("grad_accum")
     if present(accum) and int(accum) > 1:
         parts.append(f"x{int(accum)} accumulated")

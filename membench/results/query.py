@@ -22,7 +22,7 @@ STRING_COLUMNS = ("key", "kind", "status", "model", "method", "dtype", "device",
                   "hostname", "sweep", "config")
 # column order of load(): config first, then measurements, then provenance
 RUN_COLUMNS = ("run_id", "kind", "status", "model", "method", "batch_size", "seq_len", "dtype", "device", "attn",
-               "target", "gpu", "optimizer", "precision", "grad_accum", *RESULT_INT_COLUMNS, "peak_phase", "loss", "wall_s",
+               "target", "gpu", "optimizer", "precision", "grad_accum", "quant", *RESULT_INT_COLUMNS, "peak_phase", "loss", "wall_s",
                "cuda_max_allocated_bytes", "cuda_max_reserved_bytes", *PREDICTED, "error", "membench_version", "torch_version", "transformers_version",
                "device_name", "git_revision", "hostname", "sweep", "key", "attempts", "config", "created_at")
 OPS = ("==", "!=", ">=", "<=", ">", "<")

@@ -131,9 +131,14 @@ def _v5(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _v6(conn: sqlite3.Connection) -> None:
+    # v6: the quantized base (membench.quant: nf4, nf4+dq, int8; NULL: none)
+    _script(conn, "ALTER TABLE runs ADD COLUMN quant TEXT")
+
+
 # MIGRATIONS[i] takes a database from version i to version i + 1. Append, never edit (a new PredictedCuda
 # column: its field says column=N, and migration N calls _add_predicted_columns(conn, N)).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

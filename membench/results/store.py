@@ -25,7 +25,7 @@ RESULT_INT_COLUMNS = (
     "weight_copy_bytes", "num_params", "num_trainable_params",
 )
 CONFIG_COLUMNS = ("model", "method", "batch_size", "seq_len", "dtype", "device", "attn", "target", "gpu",
-                  "optimizer", "precision", "grad_accum")
+                  "optimizer", "precision", "grad_accum", "quant")
 _INT_CONFIG = ("batch_size", "seq_len", "grad_accum")
 # RunResult.predicted_cuda figures stored as columns (prefixed predicted_): the fields marked `column`
 PREDICTED_COLUMNS = stored_columns()
@@ -116,6 +116,10 @@ def store_result(db_path: str | os.PathLike, record: RunRecord, *, key: str | No
     cuda = res.get("cuda") or {}
 
     row: dict[str, Any] = {"key": key, "kind": record.kind, "status": record.status}
+    if not res and cfg.get("quant"):  # a run without a result (failed, out of memory): its setting's label
+        from ..quant import label_of
+
+        cfg = {**cfg, "quant": label_of(cfg)}
     for col in CONFIG_COLUMNS:
         val = res.get(col, cfg.get(col)) if res else cfg.get(col)
         row[col] = _int(val) if col in _INT_CONFIG else (None if val in (None, "") else str(val))

@@ -109,7 +109,7 @@ def run(spec: RunSpec, *, snapshot: str | None = None, progress: Callable[[str],
     _check_scaled(spec, built.model)
     groups, order = layer_groups(built.model, built.family, built.base)
     plan = backend.plan(spec.optimizer, track_live=track_live, snapshot=snapshot, micro_steps=spec.grad_accum,
-                        precision=spec.training_precision)
+                        precision=spec.training_precision, model=built.model)
     tracker = None
     if progress is not None:
         layers = [layer for stack in built.family.stacks(built.base).values() for layer in stack]
@@ -211,7 +211,7 @@ def profile_module(module, batch: Any, *, loss_fn: Callable | None = None, layer
         order = list(dict.fromkeys(groups.values()))
     if groups is None:
         groups, order = auto_groups(module)
-    plan = backend.plan(optimizer, track_live=track_live)
+    plan = backend.plan(optimizer, track_live=track_live, model=module)
     step = profile_step(module, batch, plan, loss_fn=loss_fn or default_loss, groups=groups)
     b, s, shape = batch_shape(batch)
     dt = next((str(p.dtype).replace("torch.", "") for p in module.parameters()), "float32")

@@ -157,7 +157,8 @@ def _model(spec: RunSpec, backend: Backend, family, config):
             from ..quant.base import quantize
 
             _check_quantized_method(spec, quant, method, [m for m, _ in modifiers])
-            base = quantize(base, quant)
+            head = family.head_names if family.task == "classification" else ()  # a new head trains: unquantized
+            base = quantize(base, quant, skip=head)
         trained = method.apply(base, family, cfg)
         declared = [method.trainable(trained, family, cfg)]  # before modifiers: what the method itself left
         for mod, mod_cfg in modifiers:

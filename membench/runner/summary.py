@@ -51,4 +51,5 @@ def to_result(step, order: list[str] | None, spec: RunSpec, backend: Backend, *,
         predicted_cuda=backend.predicted_cuda(step) if plan is not None else None,
         optimizer=plan.optimizer_name if plan is not None else step.optimizer_name, loss_kind=step.loss_kind,
         input_shape=list(input_shape), grad_accum=spec.grad_accum, precision=spec.training_precision.name,
+        quant=spec.quantized.label if spec.quant else "",
     )
