@@ -152,7 +152,7 @@ import torch, transformers  # the imports, timed apart (membench imports them la
 from membench import profile
 t1 = time.perf_counter()
 r = profile(sys.argv[1], sys.argv[2], batch_size=int(sys.argv[3]), seq_len=int(sys.argv[4]),
-            dtype=sys.argv[5] or None, precision=sys.argv[6] or None, device="fake")
+            dtype=sys.argv[5] or None, precision=sys.argv[6] or None, device="fake", **json.loads(sys.argv[7]))
 t2 = time.perf_counter()
 # VmHWM: this process image's peak RSS (ru_maxrss would include the parent's, inherited at fork)
 hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")]
@@ -163,16 +163,17 @@ print(json.dumps({"import_s": t1 - t0, "profile_s": t2 - t1,
 """
 
 
-def profile_in_fresh_process(model, method="full", batch_size=8, seq_len=512, dtype="bf16", precision=None) -> dict:
+def profile_in_fresh_process(model, method="full", batch_size=8, seq_len=512, dtype="bf16", precision=None,
+                             **options) -> dict:
     """One profile in a new Python process (its imports included). `precision`: e.g. bf16-mixed (then `dtype`
-    None: the precision's weights)."""
+    None: the precision's weights); `options`: more run options (quant=...)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, model, method, str(batch_size), str(seq_len), dtype or "",
-                           precision or ""],
+                           precision or "", json.dumps(options)],
                           capture_output=True, text=True, env=env, timeout=600)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -208,3 +209,24 @@ def test_big_model_under_fake_tensors(benchmark, model, precision):
           + f"; saved activations {figures['activation_bytes'] / 2**30:.2f} GiB, peak "
           f"{figures['peak_activation_bytes'] / 2**30:.2f} GiB")
     assert ok_wall and ok_rss
+
+
+QLORA = {"quant": "nf4", "quant_double_quant": True}
+
+
+@pytest.mark.slow
+def test_qlora_llama_2_7b_under_fake_tensors(benchmark):
+    """llama-2-7b QLoRA (nf4, double quantization, peft's checkpointing) b1 s512 on fake tensors, target CUDA: the
+    whole process under 25 s on 2 cores (issue 21)."""
+    figures = {}
+
+    def run():
+        figures.update(profile_in_fresh_process("llama-2-7b", "lora", batch_size=1, seq_len=512, **QLORA))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update({k: figures[k] for k in ("wall_s", "cpu_s", "import_s", "profile_s", "rss_gib")})
+    ok = figures["wall_s"] < 25.0
+    print(f"\nllama-2-7b QLoRA nf4+dq b1 s512, fake tensors, fresh process: wall {figures['wall_s']:.1f} s (cpu "
+          f"{figures['cpu_s']:.1f} s; imports {figures['import_s']:.1f} s, profile {figures['profile_s']:.1f} s; "
+          f"target < 25 s: {'OK' if ok else 'MISSED'}), peak RSS {figures['rss_gib'] * 1024:.0f} MiB")
+    assert ok

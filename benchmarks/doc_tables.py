@@ -79,6 +79,16 @@ PUBLISHED = [
      "published_mib": 8681, "model": "bert-large", "method": "full", "batch_size": 1, "seq_len": 512,
      "kw": {"attn": "eager", "gpu": "v100-32gb", "context": "1343MiB", "grad_accum": 4}},
 ]
+# QLoRA: README's fit row (a bf16 base beside it) and docs/methods.md's llama-2-7b table
+QLORA_FIT = {"model": "llama-2-7b", "gpu": "rtx4090-24gb", "seq_len": 512, "dtype": "bf16", "method": "lora",
+             "quant": {"quant": "nf4", "quant_double_quant": True}}
+QLORA_SETTING = {"model": "llama-2-7b", "batch_size": 4, "seq_len": 512, "dtype": "bf16", "gpu": "a100-80gb"}
+NF4 = {"quant": "nf4", "kbit_ckpt": False}
+QLORA_ROWS = [("LoRA, bf16 base", "lora", {}), ("QLoRA nf4", "lora", NF4),
+              ("QLoRA nf4 + double quant", "lora", {**NF4, "quant_double_quant": True}),
+              ("QLoRA nf4 + ckpt (peft's default)", "lora", {"quant": "nf4"}),
+              ("MEFT1, bf16 base", "meft1", {}), ("MEFT1, nf4 base", "meft1", NF4),
+              ("MEFT3, nf4 base", "meft3", NF4)]
 SPEED_MODELS = {"opt-1.3b": {"wall_s": 20.0, "rss_gib": 1.0}, "llama-2-7b": {"wall_s": 60.0, "rss_gib": None}}
 
 
@@ -185,6 +195,31 @@ def measure_fit() -> dict:
             "rows": [r.to_dict() for r in rows]}
 
 
+def measure_qlora() -> dict:
+    from membench import profile
+    from membench.fit import fit
+    from membench.spec import RunSpec
+
+    q = QLORA_FIT
+    fits = []
+    for label, quant in (("bf16 base", {}), ("nf4 + double quant (QLoRA)", q["quant"])):
+        t0 = time.perf_counter()
+        row = fit(RunSpec(model=q["model"], gpu=q["gpu"], dtype=q["dtype"], **quant), [q["method"]],
+                  seq_lens=[q["seq_len"]])[0]
+        fits.append({"base": label, "quant": quant, "wall_s": round(time.perf_counter() - t0, 1), **row.to_dict()})
+    st, rows = QLORA_SETTING, []
+    for label, method, quant in QLORA_ROWS:
+        r = profile(st["model"], method, batch_size=st["batch_size"], seq_len=st["seq_len"], dtype=st["dtype"],
+                    device="fake", gpu=st["gpu"], **quant)
+        p = r.predicted_cuda
+        rows.append({"label": label, "method": method, "quant": r.quant, "options": quant,
+                     "param_bytes": r.param_bytes, "trainable": r.num_trainable_params,
+                     "optimizer_bytes": r.optimizer_bytes, "activation_bytes": r.activation_bytes,
+                     "peak_activation_bytes": r.peak_activation_bytes, "max_allocated_bytes": p.max_allocated_bytes,
+                     "max_reserved_bytes": p.max_reserved_bytes, "nvidia_smi_bytes": p.nvidia_smi_bytes})
+    return {"fit": {**{k: v for k, v in q.items() if k != "quant"}, "rows": fits}, "setting": st, "rows": rows}
+
+
 def measure_recipes() -> dict:
     from membench import profile
 
@@ -237,7 +272,8 @@ def measure_speed() -> dict:
 
 
 MEASURE = {"memory": measure_memory, "methods": measure_methods, "fit": measure_fit, "speed": measure_speed,
-           "chunks": measure_chunks, "recipes": measure_recipes, "validation": measure_validation}
+           "chunks": measure_chunks, "recipes": measure_recipes, "validation": measure_validation,
+           "qlora": measure_qlora}
 
 
 # ---- how it is shown ----------------------------------------------------------------------------------------
@@ -333,6 +369,37 @@ def render_fit(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_fit_qlora(data: dict) -> str:
+    """README: the QLoRA row of `membench fit` (llama-2-7b on a 24 GB card), beside the bf16 base."""
+    f = data["fit"]
+    lines = [f"`membench fit -m {f['model']} --methods {f['method']} --gpu {f['gpu']} --dtype {f['dtype']} "
+             f"-s {f['seq_len']}`, without and with `--quant nf4 --quant-double-quant` (peft's default gradient "
+             "checkpointing on):", "", "| base | largest batch | predicted peak there (reserved + context) "
+             "| next batch over by | fit took |", "|---|---:|---:|---:|---:|"]
+    for r in f["rows"]:
+        peak = (_gib(r["predicted_max_reserved_bytes"] + r["context_bytes"])
+                if r["predicted_max_reserved_bytes"] is not None else "-")
+        over = f"{_mib(r['over_by_bytes'])} MiB" if r["over_by_bytes"] is not None else "-"
+        lines.append(f"| {r['base']} | {r['max_batch_size']} | {peak} | {over} | {r['wall_s']:.0f} s |")
+    return "\n".join(lines)
+
+
+def render_qlora(data: dict) -> str:
+    """docs/methods.md: llama-2-7b under LoRA, QLoRA and MEFT, bf16 and 4-bit bases (predicted)."""
+    st = data["setting"]
+    lines = [f"{st['model']}, b{st['batch_size']} s{st['seq_len']}, {st['dtype']} weights, AdamW, target CUDA "
+             f"{st['gpu']} (predicted with fake tensors):", "",
+             "| setting | quant | weights (+ quant state) | trainable | optimizer state | saved activations "
+             "| peak activation | max allocated | max reserved | nvidia-smi |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['label']} | {r['quant'] or '-'} | {_gib(r['param_bytes'])} | {r['trainable']:,} "
+                     f"| {_mib(r['optimizer_bytes'])} MiB | {_gib(r['activation_bytes'])} "
+                     f"| {_gib(r['peak_activation_bytes'])} | {_gib(r['max_allocated_bytes'])} "
+                     f"| {_gib(r['max_reserved_bytes'])} | {_gib(r['nvidia_smi_bytes'])} |")
+    return "\n".join(lines)
+
+
 def render_speed(data: dict) -> str:
     """docs/profiling.md: the hooks' cost on a small CPU step; big models under fake tensors, fresh process."""
     lines = ["| small CPU step (opt-125m's architecture, fp32 full, 1 thread, best of interleaved rounds) "
@@ -423,6 +490,8 @@ TABLES = {
     "meft-chunks": ("docs/meft.md", "chunks", render_chunks),
     "recipes": ("docs/recipes.md", "recipes", render_recipes),
     "validation": ("docs/validation.md", "validation", render_validation),
+    "fit-qlora": ("README.md", "qlora", render_fit_qlora),
+    "qlora": ("docs/methods.md", "qlora", render_qlora),
 }
 MARK = re.compile(r"(<!-- membench:table (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /membench:table -->)", re.S)
 

@@ -69,9 +69,8 @@ def fused_kernel(gpu: GpuSpec, dtype, m: int, n: int, k: int, blocksize: int) ->
     return bool(ns[_HEURISTIC](0, dtype, m, n, k))
 
 
-def _args(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None,
-          absmax_offset=None):
-    return A, shapeB, absmax, blocksize, bias, absmax_8bit, absmax_offset
+_GEMM_ARGS = ("A", "B", "shapeB", "absmax", "blocksize", "quant_type", "bias", "absmax_8bit", "absmax_code",
+              "absmax_offset")  # bitsandbytes::gemm_4bit's schema
 
 
 class CudaGemm4bit(TorchDispatchMode):
@@ -86,7 +85,9 @@ class CudaGemm4bit(TorchDispatchMode):
         kwargs = kwargs or {}
         if func is not torch.ops.bitsandbytes.gemm_4bit.default:
             return func(*args, **kwargs)
-        A, shapeB, absmax, blocksize, bias, absmax_8bit, absmax_offset = _args(*args, **kwargs)
+        call = dict(zip(_GEMM_ARGS, args, strict=False)) | kwargs
+        A, shapeB, absmax, blocksize = call["A"], call["shapeB"], call["absmax"], call["blocksize"]
+        bias, absmax_8bit, absmax_offset = call.get("bias"), call.get("absmax_8bit"), call.get("absmax_offset")
         k = A.shape[-1]
         if fused_kernel(self.gpu, A.dtype, A.numel() // k, shapeB[0], k, blocksize):
             return func(*args, **kwargs)

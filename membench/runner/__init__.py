@@ -57,7 +57,9 @@ def profile(model: str | RunSpec | None = None, method: str = "full", *, batch_s
             progress: Callable[[str], None] | None = None, track_live: bool = True,
             target: str | None = None, gpu: str | None = None, optimizer: str = optimizers.DEFAULT,
             alloc_conf: str | None = None, context: str | int | None = None, tiny: bool = False,
-            grad_accum: int = 1, precision: str | None = None) -> RunResult:
+            grad_accum: int = 1, precision: str | None = None, quant: str | None = None,
+            quant_double_quant: bool = False, quant_blocksize: int | None = None,
+            quant_compute_dtype: str | None = None, kbit_ckpt: bool = True) -> RunResult:
     """Profile one training step of a registered backbone with a registered method.
 
     `model`: a RunSpec (membench.spec: the run description; the other run options are then not
@@ -68,7 +70,8 @@ def profile(model: str | RunSpec | None = None, method: str = "full", *, batch_s
     (what the figures describe; on `fake` the default is CUDA on an A100 80GB), `optimizer`
     (membench.optimizers), `tiny` (the family's tiny config under the overrides), `grad_accum` (micro-steps
     of `batch_size` each per optimizer step: the figures cover every one of them), `precision` (Lightning's
-    names: 32-true, bf16-mixed, ...; `dtype`, the weights' dtype, defaults to the precision's).
+    names: 32-true, bf16-mixed, ...; `dtype`, the weights' dtype, defaults to the precision's), `quant` and
+    its options (a bitsandbytes-quantized frozen base, QLoRA: membench.quant).
 
     Besides the description: `snapshot` (a CUDA memory_viz snapshot path, --device cuda), `progress`
     (called with what the run is doing: building, each phase of the step, layer i/N with the time left
@@ -90,7 +93,8 @@ def profile(model: str | RunSpec | None = None, method: str = "full", *, batch_s
                        method_options=method_options or {}, pretrained=pretrained, seed=seed, target=target,
                        gpu=gpu, optimizer=optimizer, alloc_conf=alloc_conf,
                        context=None if context is None else str(context), tiny=tiny, grad_accum=grad_accum,
-                       precision=precision)
+                       precision=precision, quant=quant, quant_double_quant=quant_double_quant,
+                       quant_blocksize=quant_blocksize, quant_compute_dtype=quant_compute_dtype, kbit_ckpt=kbit_ckpt)
     return run(spec.validate(), snapshot=snapshot, progress=progress, track_live=track_live)
 
 

@@ -71,8 +71,9 @@ def test_a_sweep_run_without_context_keeps_its_key():
 
     from membench import __version__
 
-    old = {k: v for k, v in plain.to_dict().items() if k not in ("image_size", "context", "grad_accum",
-                                                                                     "precision")}
+    old = {k: v for k, v in plain.to_dict().items() if k not in ("image_size", "context", "grad_accum", "precision", "quant",
+                                                        "quant_double_quant", "quant_blocksize", "quant_compute_dtype",
+                                                        "kbit_ckpt")}
     blob = json.dumps({"spec": old, "membench": __version__}, sort_keys=True, separators=(",", ":"))
     assert plain.key() == hashlib.sha256(blob.encode()).hexdigest()[:32]
 

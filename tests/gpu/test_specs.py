@@ -53,7 +53,7 @@ def test_same_model_rows_are_told_apart_by_memory_then_capability():
 
 
 def test_a_new_row_is_matched_without_another_list(monkeypatch):
-    row = specs._gpu("b200-180gb", "NVIDIA B200", r"\bb200\b", (10, 0), 183_359, 600, cudnn=True)
+    row = specs._gpu("b200-180gb", "NVIDIA B200", r"\bb200\b", (10, 0), 183_359, 600, 148, cudnn=True)
     monkeypatch.setitem(specs.GPUS, row.name, row)
     assert specs.match_device_name("NVIDIA B200", 179 * GiB, (10, 0)) is row
     assert specs.match_device_name("NVIDIA H200", 141 * GiB).name == "h200-141gb"

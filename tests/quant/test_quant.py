@@ -239,3 +239,37 @@ def test_the_quant_label_is_in_the_result_the_database_and_the_tables(tmp_path):
     df = results.load(db)
     assert list(df["quant"]) == ["nf4+dq"]
     assert profile(spec("llama", quant=None)).quant == ""
+
+
+# ---- the command line ----------------------------------------------------------------------------------------------
+
+
+def _tiny_args(family="llama"):
+    name, ov = tiny(family)
+    return ["--model", name, *[a for k, v in ov.items() for a in ("--override", f"{k}={v}")]]
+
+
+def test_run_with_quant_writes_it_and_shows_it(cli, tmp_path, monkeypatch):
+    from membench.cli import format as fmt
+
+    monkeypatch.setattr(fmt.console, "width", 200)
+    out, db = tmp_path / "r.json", tmp_path / "r.db"
+    code, stdout, stderr = cli("run", *_tiny_args(), "--method", "lora", "-b", "2", "-s", "8", "--dtype", "bf16",
+                               "--device", "fake", "--quant", "nf4", "--quant-double-quant", "--no-kbit-ckpt",
+                               "--out", str(out), "--db", str(db))
+    assert code == 0, stderr
+    assert "nf4+dq base" in stdout
+    data = json.loads(out.read_text())
+    assert data["quant"] == "nf4+dq"
+    code, stdout, _ = cli("results", "--db", str(db))
+    assert code == 0 and "nf4+dq" in stdout
+
+
+@pytest.mark.parametrize("args,flag", [(["--quant", "nf8"], "--quant"), (["--quant-blocksize", "64"], "--quant"),
+                                       (["--quant", "int8"], "outlier"), (["--quant", "nf4", "--method", "full"],
+                                                                           "quantized weight")])
+def test_bad_quant_input_is_one_line_exit_2(cli, args, flag):
+    base = [*_tiny_args(), "-b", "2", "-s", "8", "--device", "fake"]
+    code, _, stderr = cli("run", *base, *args)
+    assert code == 2 and flag in stderr and "Traceback" not in stderr
+    assert len([line for line in stderr.splitlines() if line.strip()]) == 1

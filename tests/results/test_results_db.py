@@ -149,7 +149,7 @@ def test_migration_from_v1_keeps_rows(tmp_path):
     df = results.load(db)  # reading migrates a copy in memory: the file is left as it was
     assert schema.schema_version(db) == 1
     schema.connect(db).close()  # opening it to write migrates the file
-    assert schema.schema_version(db) == results.SCHEMA_VERSION == 5
+    assert schema.schema_version(db) == results.SCHEMA_VERSION == 6
     assert len(df) == 1 and df.iloc[0]["activation_bytes"] == 123456 and df.iloc[0]["attempts"] == 1
     assert pd.isna(df.iloc[0]["target"]) and pd.isna(df.iloc[0]["predicted_max_reserved_bytes"])  # v3 columns
     assert pd.isna(df.iloc[0]["precision"]) and pd.isna(df.iloc[0]["grad_accum"])  # v5 columns
