@@ -38,6 +38,7 @@ COMPAT_TESTS = [
     "tests/profilers",
     "tests/test_runner.py",
     "tests/test_python_api.py",
+    "tests/quant",  # transformers' bnb quantizer and replace_with_bnb_linear, peft's prepare_model_for_kbit_training
 ]
 
 
@@ -52,6 +53,12 @@ def oldest_pins(pyproject: str = "pyproject.toml") -> list[str]:
             raise ValueError(f"pyproject.toml: {dep!r} has no single lower bound (NAME>=VERSION) to test")
         pins.append(f"{m[1]}=={m[2]}")
     return pins
+
+
+def extra_floors(extra: str, pyproject: str = "pyproject.toml") -> list[str]:
+    """An optional extra's dependencies at their lower bounds (the quantized bases' bitsandbytes)."""
+    deps = tomllib.loads(Path(pyproject).read_text())["project"]["optional-dependencies"][extra]
+    return [re.sub(r"\s*>=\s*", "==", dep) for dep in deps]
 
 
 def install(session: nox.Session) -> None:
@@ -72,7 +79,7 @@ def oldest(session: nox.Session) -> None:
     torch's oldest release comes from PyPI, which ships CUDA builds only: a large download (about
     4.5 GB with its CUDA libraries), that runs on a CPU-only machine as well."""
     # the runtime floors and the test runner only (COMPAT_TESTS need nothing of the dev extra's tools)
-    session.install(*oldest_pins(), "-e", ".", "pytest>=8")
+    session.install(*oldest_pins(), *extra_floors("quant"), "-e", ".", "pytest>=8")
     session.run("python", "-c", "import torch, transformers, peft; print('oldest: torch', torch.__version__, "
                 "'transformers', transformers.__version__, 'peft', peft.__version__)")
     session.run("pytest", "-q", "-p", "no:cacheprovider", *(session.posargs or COMPAT_TESTS))

@@ -49,13 +49,18 @@ class Config:
     attn: str
     batch_size: int
     seq_len: int
+    quant: str = ""  # a quantized base (QLoRA: nf4, nf4+dq), peft's checkpointing off
 
     @property
     def label(self) -> str:
-        return f"{self.model} {self.method} {self.dtype} {self.attn} b{self.batch_size} s{self.seq_len}"
+        base = f" {self.quant} base" if self.quant else ""
+        return f"{self.model} {self.method} {self.dtype}{base} {self.attn} b{self.batch_size} s{self.seq_len}"
 
     def kwargs(self) -> dict:
-        return {"batch_size": self.batch_size, "seq_len": self.seq_len, "dtype": self.dtype, "attn": self.attn}
+        kw = {"batch_size": self.batch_size, "seq_len": self.seq_len, "dtype": self.dtype, "attn": self.attn}
+        if self.quant:
+            kw.update(quant=self.quant.split("+")[0], quant_double_quant=self.quant.endswith("+dq"), kbit_ckpt=False)
+        return kw
 
 
 def standard_configs(quick: bool = False, big: bool = False) -> list[Config]:
@@ -65,6 +70,9 @@ def standard_configs(quick: bool = False, big: bool = False) -> list[Config]:
     out = [Config(model, method, dtype, attn, b, 512)
            for model in ("bert-base", "opt-125m") for method in ("full", "lora", "meft1", "meft3")
            for dtype in ("fp32", "bf16") for attn in ("eager", "sdpa") for b in (2, 8)]
+    # QLoRA: bitsandbytes' fused 4-bit kernel (few rows) and its dequantize fallback (> 1536 rows), MEFT on nf4
+    out += [Config("opt-125m", m, "bf16", "sdpa", b, s, q) for m, b, s, q in
+            (("lora", 2, 256, "nf4"), ("lora", 8, 512, "nf4+dq"), ("meft3", 8, 512, "nf4"))]
     if big:
         out += [Config("opt-1.3b", m, "bf16", "sdpa", 8, 512) for m in ("full", "lora", "meft3")]
     return out

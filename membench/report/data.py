@@ -78,7 +78,10 @@ def add_labels(runs) -> None:
         knobs = _train_knobs(c)
         extra = [f"{k}={_short(knobs.get(k))}" for k in vary[str(m)] if k in knobs]
         labels.append(str(m) + (f" ({' '.join(extra)})" if extra else ""))
-    runs["method_label"] = labels
+    # a quantized base is part of what a line is (QLoRA beside LoRA on the same figure): 'lora · nf4 base'
+    quants = runs["quant"] if "quant" in runs else [None] * len(runs)
+    runs["method_label"] = [label + (f" · {q} base" if isinstance(q, str) and q else "")
+                            for label, q in zip(labels, quants, strict=True)]
     names = runs["device_name"].fillna("").astype(str) if "device_name" in runs else [""] * len(runs)
     targets = runs["target"].fillna("").astype(str) if "target" in runs else [""] * len(runs)
     gpus = runs["gpu"].fillna("").astype(str) if "gpu" in runs else [""] * len(runs)

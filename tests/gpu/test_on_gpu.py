@@ -95,3 +95,19 @@ def test_fake_target_cuda_autocasts_as_the_gpu(family, precision, attn):
     fake = profile(model, "full", device="fake", target="cuda", gpu=_spec(), **kw)
     assert fake.layer_bytes == gpu.layer_bytes
     assert fake.weight_copy_bytes == gpu.weight_copy_bytes
+
+
+@pytest.mark.parametrize("batch_size, seq_len", [(2, 64), (8, 256)])  # 128 rows: fused kernel; 2048: fallback
+@pytest.mark.parametrize("quant", ["nf4", "nf4+dq"])
+def test_qlora_prediction_is_the_gpus(quant, batch_size, seq_len):
+    """A QLoRA step (bitsandbytes on this GPU) against its fake-tensor prediction: saved tensors per layer exactly,
+    max allocated within 1% (the 4-bit matmul's CUDA dispatch: membench/gpu/bnb.py)."""
+    pytest.importorskip("bitsandbytes")
+    model, ov = tiny("llama", layers=2, hidden=256, heads=4)
+    kw = dict(batch_size=batch_size, seq_len=seq_len, dtype="bf16", overrides=ov, quant="nf4",
+              quant_double_quant=quant.endswith("+dq"), kbit_ckpt=False)
+    gpu = profile(model, "lora", device="cuda", **kw)
+    fake = profile(model, "lora", device="fake", target="cuda", gpu=_spec(), **kw)
+    assert fake.layer_bytes == gpu.layer_bytes
+    measured, predicted = gpu.cuda["max_allocated_bytes"], fake.predicted_cuda.max_allocated_bytes
+    assert abs(predicted - measured) <= 0.01 * measured, (predicted, measured)

@@ -273,3 +273,14 @@ def test_bad_quant_input_is_one_line_exit_2(cli, args, flag):
     code, _, stderr = cli("run", *base, *args)
     assert code == 2 and flag in stderr and "Traceback" not in stderr
     assert len([line for line in stderr.splitlines() if line.strip()]) == 1
+
+
+def test_the_report_tells_a_quantized_base_apart(tmp_path):
+    """LoRA on a bf16 base and on an nf4 base are two lines of a figure, not one."""
+    from membench.report.data import load_report_data
+
+    db = tmp_path / "r.db"
+    for quant in (None, "nf4"):
+        results.store_result(db, RunRecord(kind="memory", status="ok", result=profile(spec("llama", quant=quant))))
+    labels = sorted(load_report_data(db).runs["method_label"])
+    assert labels == ["lora", "lora · nf4 base"]
