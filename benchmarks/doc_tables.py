@@ -79,6 +79,24 @@ PUBLISHED = [
      "published_mib": 8681, "model": "bert-large", "method": "full", "batch_size": 1, "seq_len": 512,
      "kw": {"attn": "eager", "gpu": "v100-32gb", "context": "1343MiB", "grad_accum": 4}},
 ]
+# Published outcomes (fits / out of memory) with their stated settings: a prediction must land on the same side of
+# the GPU's memory. Hugging Face's QLoRA blog ("Making LLMs even more accessible with bitsandbytes, 4-bit quantization
+# and QLoRA", 2023): TRL's SFTTrainer, llama-7b (the shapes of llama-2-7b), 1x T4 16 GB, batch 1, 4 accumulated
+# micro-steps, AdamW. Not stated, so membench's defaults stand in: the LoRA (r 8 on q, v), full-length sequences,
+# fp16 unquantized weights (transformers' default for 4-bit loading then), eager attention (no SDPA in 2023).
+_T4 = {"gpu": "t4-16gb", "dtype": "fp16", "attn": "eager", "grad_accum": 4, "quant_compute_dtype": "bf16"}
+PUBLISHED_OUTCOMES = [
+    {"setting": f"llama-7b {label}, b1 x4 accumulated, s{seq}", "published": outcome, "model": "llama-2-7b",
+     "method": "lora", "batch_size": 1, "seq_len": seq, "kw": {**_T4, "quant": kind, "kbit_ckpt": ckpt}}
+    for label, kind, ckpt, seq, outcome in (
+        ("4bit + NF4 + bf16 CD + no GC", "nf4", False, 512, "fits"),
+        ("4bit + FP4 + bf16 CD + no GC", "fp4", False, 512, "fits"),
+        ("4bit + NF4 + bf16 CD + no GC", "nf4", False, 1024, "out of memory"),
+        ("4bit + FP4 + bf16 CD + no GC", "fp4", False, 1024, "out of memory"),
+        ("4bit + NF4 + bf16 CD + GC", "nf4", True, 1024, "fits"))
+]
+OUTCOMES_SOURCE = ("Hugging Face blog 'Making LLMs even more accessible with bitsandbytes, 4-bit quantization and "
+                   "QLoRA' (2023), its T4 table: TRL SFTTrainer, 1x NVIDIA T4 16 GB")
 # QLoRA: README's fit row (a bf16 base beside it) and docs/methods.md's llama-2-7b table
 QLORA_FIT = {"model": "llama-2-7b", "gpu": "rtx4090-24gb", "seq_len": 512, "dtype": "bf16", "method": "lora",
              "quant": {"quant": "nf4", "quant_double_quant": True}}
@@ -250,7 +268,15 @@ def measure_validation() -> dict:
         rows.append({k: case[k] for k in ("source", "setting", "published_mib")}
                     | {"max_allocated_bytes": p.max_allocated_bytes, "max_reserved_bytes": p.max_reserved_bytes,
                        "nvidia_smi_bytes": p.nvidia_smi_bytes, "sdpa_backends": p.sdpa_backends})
-    return {"rows": rows}
+    outcomes = []
+    for case in PUBLISHED_OUTCOMES:
+        r = profile(case["model"], case["method"], batch_size=case["batch_size"], seq_len=case["seq_len"],
+                    device="fake", **case["kw"])
+        p = r.predicted_cuda
+        outcomes.append({k: case[k] for k in ("setting", "published")}
+                        | {"nvidia_smi_bytes": p.nvidia_smi_bytes, "max_allocated_bytes": p.max_allocated_bytes,
+                           "memory_bytes": _gpu_memory(case["kw"]["gpu"]), "quant": r.quant})
+    return {"rows": rows, "outcomes": outcomes, "outcomes_source": OUTCOMES_SOURCE}
 
 
 def _gpu_memory(gpu: str) -> int:
@@ -362,11 +388,16 @@ def render_fit(data: dict) -> str:
              "", "| method | largest batch | predicted peak there (reserved + context) | next batch over by |",
              "|---|---:|---:|---:|"]
     for r in data["rows"]:
-        peak = (_gib(r["predicted_max_reserved_bytes"] + r["context_bytes"])
-                if r["predicted_max_reserved_bytes"] is not None else "-")
-        over = f"{_mib(r['over_by_bytes'])} MiB" if r["over_by_bytes"] is not None else "-"
-        lines.append(f"| {r['method']} | {r['max_batch_size']} | {peak} | {over} |")
+        lines.append(f"| {r['method']} | {' | '.join(_fit_cells(r))} |")
     return "\n".join(lines)
+
+
+def _fit_cells(r: dict) -> list[str]:
+    """A fit row's largest batch, the predicted peak there (reserved + context), and how far the next is over."""
+    peak = (_gib(r["predicted_max_reserved_bytes"] + r["context_bytes"])
+            if r["predicted_max_reserved_bytes"] is not None else "-")
+    over = f"{_mib(r['over_by_bytes'])} MiB" if r["over_by_bytes"] is not None else "-"
+    return [str(r["max_batch_size"]), peak, over]
 
 
 def render_fit_qlora(data: dict) -> str:
@@ -377,10 +408,7 @@ def render_fit_qlora(data: dict) -> str:
              "checkpointing on):", "", "| base | largest batch | predicted peak there (reserved + context) "
              "| next batch over by | fit took |", "|---|---:|---:|---:|---:|"]
     for r in f["rows"]:
-        peak = (_gib(r["predicted_max_reserved_bytes"] + r["context_bytes"])
-                if r["predicted_max_reserved_bytes"] is not None else "-")
-        over = f"{_mib(r['over_by_bytes'])} MiB" if r["over_by_bytes"] is not None else "-"
-        lines.append(f"| {r['base']} | {r['max_batch_size']} | {peak} | {over} | {r['wall_s']:.0f} s |")
+        lines.append(f"| {r['base']} | {' | '.join(_fit_cells(r))} | {r['wall_s']:.0f} s |")
     return "\n".join(lines)
 
 
@@ -474,6 +502,17 @@ def render_validation(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_validation_outcomes(data: dict) -> str:
+    """docs/validation.md: published fits / out of memory against the prediction (nvidia-smi vs the GPU's memory)."""
+    lines = [f"{data['outcomes_source']}:", "", "| setting | published | predicted nvidia-smi | GPU memory "
+             "| predicted | same outcome |", "|---|---|---:|---:|---|---|"]
+    for r in data["outcomes"]:
+        predicted = "fits" if r["nvidia_smi_bytes"] <= r["memory_bytes"] else "out of memory"
+        lines.append(f"| {r['setting']} | {r['published']} | {_gib(r['nvidia_smi_bytes'])} | {_gib(r['memory_bytes'])} "
+                     f"| {predicted} | {'yes' if predicted == r['published'] else 'NO'} |")
+    return "\n".join(lines)
+
+
 def _stamp(data: dict) -> str:
     p = data["provenance"]
     return (f"<sub>Written by `python benchmarks/doc_tables.py {data['name']}` on {p['date']}: torch {p['torch']}, "
@@ -490,6 +529,7 @@ TABLES = {
     "meft-chunks": ("docs/meft.md", "chunks", render_chunks),
     "recipes": ("docs/recipes.md", "recipes", render_recipes),
     "validation": ("docs/validation.md", "validation", render_validation),
+    "validation-outcomes": ("docs/validation.md", "validation", render_validation_outcomes),
     "fit-qlora": ("README.md", "qlora", render_fit_qlora),
     "qlora": ("docs/methods.md", "qlora", render_qlora),
 }

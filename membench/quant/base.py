@@ -39,12 +39,13 @@ def quantize(model, quant: Quant, skip=()):
     `skip`: module names left unquantized besides transformers' own skips (a classifier's new head, as a user
     passes it in llm_int8_skip_modules: it trains)."""
     import torch
+
+    bnb = import_bitsandbytes()  # first: peft and transformers import it too, and it must not reach the network
     from peft import prepare_model_for_kbit_training
     from transformers.integrations import replace_with_bnb_linear
     from transformers.pytorch_utils import Conv1D
     from transformers.quantizers.auto import AutoHfQuantizer
 
-    bnb = import_bitsandbytes()
     _dynamic_map(bnb)
     config = bnb_config(quant)
     quantizer = AutoHfQuantizer.from_config(config, pre_quantized=False)
