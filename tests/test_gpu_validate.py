@@ -40,13 +40,17 @@ def test_refuses_without_cuda(tmp_path):
 
 
 def test_standard_configs_cover_the_grid(gv):
-    full = gv.standard_configs()
+    every = gv.standard_configs()
+    full = [c for c in every if not c.quant]
     assert len(full) == 64 and len(set(full)) == 64
+    qlora = [c for c in every if c.quant]  # the fused 4-bit kernel (few rows), its fallback (> 1536 rows), MEFT
+    assert {c.batch_size * c.seq_len > 1536 for c in qlora} == {True, False} and {c.method for c in qlora} >= {
+        "lora", "meft3"}
     assert {(c.model, c.method, c.dtype, c.attn, c.batch_size) for c in full} == {
         (m, me, d, a, b) for m in ("bert-base", "opt-125m") for me in ("full", "lora", "meft1", "meft3")
         for d in ("fp32", "bf16") for a in ("eager", "sdpa") for b in (2, 8)}
     assert len(gv.standard_configs(quick=True)) == 4
-    assert {c.model for c in gv.standard_configs(big=True)[64:]} == {"opt-1.3b"}
+    assert {c.model for c in gv.standard_configs(big=True)[len(every):]} == {"opt-1.3b"}
 
 
 def _runs(gv, **over):

@@ -71,8 +71,8 @@ def _gpu(name, label, pattern, cc, memory_mib, context_mib, sms, cudnn=False) ->
 # finds); rows of one model in several sizes share it, and the device's memory picks the row. Whole words
 # only: "l4" is not the L40S, "a10g" not the A100.
 GPUS: dict[str, GpuSpec] = {g.name: g for g in (
-    _gpu("t4-16gb", "Tesla T4", r"\bt4\b", (7, 5), 15_360, 300, 40),
     _gpu("v100-32gb", "Tesla V100-SXM2-32GB", r"\bv100s?\b", (7, 0), 32_768, 310, 80),
+    _gpu("t4-16gb", "Tesla T4", r"\bt4\b", (7, 5), 15_360, 300, 40),
     _gpu("a10g-24gb", "NVIDIA A10G", r"\ba10g\b", (8, 6), 23_028, 380, 80),
     _gpu("rtx3090-24gb", "NVIDIA GeForce RTX 3090", r"\brtx ?3090\b", (8, 6), 24_576, 350, 82),
     _gpu("rtx4090-24gb", "NVIDIA GeForce RTX 4090", r"\brtx ?4090\b", (8, 9), 24_564, 380, 128),

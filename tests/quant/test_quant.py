@@ -284,3 +284,51 @@ def test_the_report_tells_a_quantized_base_apart(tmp_path):
         results.store_result(db, RunRecord(kind="memory", status="ok", result=profile(spec("llama", quant=quant))))
     labels = sorted(load_report_data(db).runs["method_label"])
     assert labels == ["lora", "lora · nf4 base"]
+
+
+# ---- bitsandbytes' fake kernels against its CPU kernels, op by op ------------------------------------------------
+
+
+class BnbCalls:
+    """Every bitsandbytes op a block runs on real CPU tensors: (op, args, kwargs, outputs)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        calls = self.calls = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if func.namespace == "bitsandbytes":
+                    calls.append((func, args, kwargs or {}, out))
+                return out
+
+        self.mode = Mode()
+
+
+def _meta(t):
+    return (tuple(t.shape), t.dtype, tuple(t.stride()), t.untyped_storage().nbytes())
+
+
+@pytest.mark.parametrize("quant", ["nf4+dq", "fp4/b128", "int8"])
+def test_every_bitsandbytes_op_used_has_a_fake_kernel_equal_to_its_cpu_kernel(quant):
+    """The fake run is exact only if each op's fake kernel returns what its CPU kernel returns: shapes, dtypes,
+    strides and storage sizes, checked on every op a QLoRA build and step call (bitsandbytes registers them all;
+    membench adds none)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    rec = BnbCalls()
+    with rec.mode:
+        built = build(spec("llama", quant=quant, device="cpu", target=None))
+        built.model(**built.batch).loss.backward()
+    names = {func.name() for func, *_ in rec.calls}
+    assert names  # the step ran bitsandbytes' ops
+    for func, args, kwargs, out in rec.calls:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            conv = lambda x: mode.from_tensor(x) if isinstance(x, torch.Tensor) else x  # noqa: E731
+            fake = func(*[conv(a) for a in args], **{k: conv(v) for k, v in kwargs.items()})
+        real = out if isinstance(out, tuple | list) else [out]
+        fake = fake if isinstance(fake, tuple | list) else [fake]
+        assert [_meta(t) for t in real if isinstance(t, torch.Tensor)] == \
+            [_meta(t) for t in fake if isinstance(t, torch.Tensor)], func.name()
