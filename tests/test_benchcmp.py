@@ -19,6 +19,13 @@ MACHINE = {"node": "ci", "machine": "x86_64", "cpu": {"brand_raw": "Some CPU"}, 
            "torch_num_threads": 2, "torch": "2.13.0+cpu", "transformers": "5.24.0", "peft": "0.21.2"}
 
 
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """The comparison's lines are checked for their text: a $COLUMNS of 80 (an xdist worker's) must not wrap them
+    (bench-compare's log console is 200 wide unless $COLUMNS says otherwise)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
 def extra(act=1000, peak=3000, layers=(400, 600)) -> dict:
     return {"method": "lora", "device": "fake", "activation_bytes": act, "peak_activation_bytes": peak,
             "grad_bytes": 64, "layer_bytes": {f"layers.{i}": b for i, b in enumerate(layers)},
@@ -227,6 +234,8 @@ def _run_suite(tmp_path: Path, name: str, extra_save: bool) -> Path:
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "tests" / "plugins"),
                                                         os.environ.get("PYTHONPATH")])))
     env.pop("MEMBENCH_TEST_EXTRA_SAVE", None)
+    for key in [k for k in env if k.startswith("PYTEST_XDIST")]:  # a suite of its own, not an xdist worker's
+        env.pop(key)
     if extra_save:
         env["MEMBENCH_TEST_EXTRA_SAVE"] = "1"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "benchmarks" / "bench_methods.py"),

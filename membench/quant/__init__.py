@@ -64,9 +64,10 @@ def resolve(spec) -> Quant | None:
     if spec.quant not in KINDS:
         raise UserError(f"unknown --quant {spec.quant!r}; allowed: {one_of(KINDS)}", field=("quant",))
     four = spec.quant in FOUR_BIT
-    if not four and (spec.quant_double_quant or spec.quant_blocksize is not None):
-        raise UserError("--quant int8 quantizes per row (LLM.int8()): --quant-double-quant and --quant-blocksize "
-                        "are 4-bit options (nf4, fp4)", field=("quant_blocksize",))
+    four_bit_only = [f for f in ("quant_double_quant", "quant_blocksize") if getattr(spec, f) not in (False, None)]
+    if not four and four_bit_only:
+        raise UserError(f"--quant int8 quantizes per row (LLM.int8()): --{four_bit_only[0].replace('_', '-')} is a "
+                        "4-bit option (nf4, fp4)", field=(four_bit_only[0],))
     blocksize = DEFAULT_BLOCKSIZE if spec.quant_blocksize is None else spec.quant_blocksize
     if blocksize not in BLOCKSIZES:
         raise UserError(f"--quant-blocksize {blocksize!r}: bitsandbytes' 4-bit blocks are "
@@ -93,4 +94,4 @@ def label_of(config: dict) -> str:
 def default_compute(spec) -> str:
     """The run's compute dtype: its autocast dtype under a mixed precision, else its weights' dtype."""
     precision = spec.training_precision
-    return precision.autocast or precision.weights if precision.mixed else spec.dtype
+    return precision.autocast if precision.mixed else spec.dtype
