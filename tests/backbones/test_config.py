@@ -137,6 +137,20 @@ def test_shipped_configs_build(name):
     assert fam.max_positions(cfg) > 0
 
 
+# the published parameter counts (Meta's model cards; HF's num_parameters()) of the shipped Llama 2 configs
+LLAMA_2 = {"llama-2-7b": 6_738_415_616, "llama-2-13b": 13_015_864_320, "llama-2-70b": 68_976_648_192}
+
+
+@pytest.mark.parametrize("name", sorted(LLAMA_2))
+def test_shipped_llama_2_configs_have_the_published_parameter_count(name):
+    cfg = backbones.make_config(backbones.get(name))
+    with torch.device("meta"):
+        model = backbones.family_for(cfg.model_type).build(cfg)
+    assert sum(p.numel() for p in model.parameters()) == LLAMA_2[name]
+    if name == "llama-2-70b":  # grouped-query attention: 8 key/value heads for 64 query heads
+        assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 8)
+
+
 def test_unknown_model_lists_known():
     with pytest.raises(UserError) as exc:
         backbones.get("gpt5")
