@@ -332,3 +332,26 @@ def test_every_bitsandbytes_op_used_has_a_fake_kernel_equal_to_its_cpu_kernel(qu
         fake = fake if isinstance(fake, tuple | list) else [fake]
         assert [_meta(t) for t in real if isinstance(t, torch.Tensor)] == \
             [_meta(t) for t in fake if isinstance(t, torch.Tensor)], func.name()
+
+
+def test_peft_dispatches_its_bnb_layers_after_an_unquantized_run_in_the_same_process():
+    """An unquantized LoRA run hides bitsandbytes from peft while it wraps the layers (import time); a quantized run
+    after it in the same process still gets peft's bitsandbytes LoRA layers."""
+    from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+
+    build(spec("llama", quant=None, device="cpu", target=None), inputs=False)
+    built = build(spec("llama", device="cpu", target=None), inputs=False)
+    assert any(isinstance(m, LoraLinear4bit) for m in built.model.modules())
+
+
+def test_an_unquantized_peft_run_does_not_import_bitsandbytes():
+    """peft imports bitsandbytes wherever it is installed (about 2.5 s); membench spares runs without --quant."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from membench import profile; "
+            "profile('opt-125m', 'lora', batch_size=1, seq_len=16, device='fake', tiny=True); "
+            "print('bitsandbytes' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
