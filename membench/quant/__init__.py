@@ -8,7 +8,7 @@
 The base is built as transformers builds it from `BitsAndBytesConfig` (which layers, which are skipped: the
 head and transformers' default skips), then `peft.prepare_model_for_kbit_training` runs (fp16/bf16 parameters
 that are not 4-bit become fp32; gradient checkpointing on unless --no-kbit-ckpt), then the method.
-membench/quant/base.py does it; membench/quant/cuda.py makes fake tensors allocate what bitsandbytes' CUDA
+membench/quant/base.py does it; membench/gpu/bnb.py makes fake tensors allocate what bitsandbytes' CUDA
 kernels allocate. Defaults are BitsAndBytesConfig's (no double quantization) and Params4bit's (block size 64);
 the compute dtype defaults to the run's: its autocast dtype under a mixed precision, else its weights' dtype.
 """
@@ -24,7 +24,6 @@ FOUR_BIT = ("nf4", "fp4")
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)  # what bitsandbytes' 4-bit kernels take
 DEFAULT_BLOCKSIZE = 64  # Params4bit's
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16")
-INT8_THRESHOLD = 6.0  # BitsAndBytesConfig's llm_int8_threshold
 
 
 @dataclass(frozen=True)
