@@ -118,14 +118,16 @@ def profile_step_restored(model, runs, batch, optimizer, *, precision: str | Non
     groups, order = auto_groups(model)
     if runs is not model:
         groups = {**groups, runs: "outside"}
-    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    # every parameter and buffer, kept on the CPU, put back by identity afterwards (not through state_dict: a
+    # quantized base's weights serialize their quant state, which a plain load_state_dict refuses)
+    weights = [(t, t.detach().to("cpu", copy=True)) for t in [*model.parameters(), *model.buffers()]]
     state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
     was_training = model.training
     with torch.random.fork_rng(devices=backend.rng_devices()):
         try:
             step = profile_step(runs, batch, plan, groups=groups)
         finally:
-            model.load_state_dict(weights)
+            _restore(weights)
             if optimizer is not None:
                 optimizer.load_state_dict(state)
                 optimizer.zero_grad(set_to_none=True)
@@ -134,5 +136,23 @@ def profile_step_restored(model, runs, batch, optimizer, *, precision: str | Non
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     spec = RunSpec(model=name, method="trainer", batch_size=b, seq_len=s, dtype=dtype, device=backend.device,
                    attn="", precision=recipe.name if recipe else None, grad_accum=accum)
-    return to_result(step, order, spec, backend, plan=plan, wall_s=time.perf_counter() - t0, input_shape=shape,
-                     extra={"source": source})
+    from ..quant.base import label_of_model
+
+    result = to_result(step, order, spec, backend, plan=plan, wall_s=time.perf_counter() - t0, input_shape=shape,
+                       extra={"source": source})
+    result.quant = label_of_model(model)  # a QLoRA model: its quantized base
+    return result
+
+
+def _restore(weights) -> None:
+    """Put each tensor's saved values back: in place, or as new data where the step changed its dtype or shape
+    (bitsandbytes' Linear4bit casts its bias to the compute dtype in its first forward)."""
+    import torch
+
+    with torch.no_grad():
+        for t, saved in weights:
+            if t.dtype == saved.dtype and t.shape == saved.shape:
+                t.copy_(saved)
+            else:
+                t.data = saved.to(t.device)
+

@@ -97,3 +97,19 @@ def refuse_training_quantized(model, which, method: str) -> None:
     if hit is not None:
         raise UserError(f"{method} would train the quantized weight {hit}; a quantized base stays frozen (train "
                         "adapters on it: lora, ia3, prefix, houlsby, ...; or drop --quant)", field=("method",))
+
+
+def label_of_model(model) -> str:
+    """The quantized base a model has (Quant.label: nf4+dq, int8), read from its bitsandbytes weights; "" for none
+    (a Trainer's model the callbacks profile: the run says what it trained on)."""
+    from . import DEFAULT_BLOCKSIZE
+
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            blocksize = getattr(state, "blocksize", DEFAULT_BLOCKSIZE)
+            return Quant(state.quant_type, bool(getattr(state, "nested", False)), blocksize).label
+        if getattr(p, "SCB", None) is not None or str(p.dtype) == "torch.int8":
+            return "int8"
+    return ""
+

@@ -83,3 +83,36 @@ def test_the_callback_leaves_training_as_it_was(tmp_path):
 
     plain, profiled = train([]), train([MembenchCallback(None)])
     assert all(torch.equal(plain[k], profiled[k]) for k in plain)
+
+
+def test_the_callback_profiles_and_restores_a_qlora_model(tmp_path):
+    """A QLoRA Trainer run (a 4-bit base: bitsandbytes' quant state is not a plain state_dict's): the step is
+    profiled, its base named, and the weights after training equal a run without the callback."""
+    pytest.importorskip("bitsandbytes")
+    from membench.backbones.tiny import tiny
+    from membench.integrations.hf import MembenchCallback
+
+    class Tokens(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            ids = torch.randint(0, 1000, (16,), generator=torch.Generator().manual_seed(i))
+            return {"input_ids": ids, "attention_mask": torch.ones(16, dtype=torch.long), "labels": ids}
+
+    def train(callbacks):
+        name, ov = tiny("llama")
+        torch.manual_seed(0)
+        model = build(RunSpec(model=name, overrides=ov, method="lora", device="cpu", dtype="bf16", quant="nf4",
+                              quant_double_quant=True, kbit_ckpt=False), inputs=False).model
+        args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=2,
+                                              report_to=[], use_cpu=True, logging_strategy="no", save_strategy="no",
+                                              seed=0)
+        transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=callbacks).train()
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    callback = MembenchCallback(None)
+    plain, profiled = train([]), train([callback])
+    assert callback.result.quant == "nf4+dq" and callback.result.activation_bytes > 0
+    assert plain.keys() == profiled.keys()
+    assert all(plain[k].dtype == profiled[k].dtype and torch.equal(plain[k], profiled[k]) for k in plain)
