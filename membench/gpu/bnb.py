@@ -11,6 +11,7 @@ through the caching allocator:
     B_dq      = empty A.dtype [N, K]         the weight, dequantized
     out       = F.linear(A, B_dq, bias)      cuBLAS
 
+The fused kernel allocates its output, and a contiguous copy of a non-contiguous input first.
 `CudaGemm4bit` runs exactly these ops on the fake tensors in place of the op, so the live tracker and the
 allocator replay see them (and KernelAllocations the cuBLAS workspace). The heuristic is the installed
 bitsandbytes' own `_gemm_4bit_use_custom_cuda`, read from its source (its module loads CUDA libraries and
@@ -90,6 +91,9 @@ class CudaGemm4bit(TorchDispatchMode):
         bias, absmax_8bit, absmax_offset = call.get("bias"), call.get("absmax_8bit"), call.get("absmax_offset")
         k = A.shape[-1]
         if fused_kernel(self.gpu, A.dtype, A.numel() // k, shapeB[0], k, blocksize):
+            if not A.is_contiguous():  # the fused kernel reads A row-major: `A = A.contiguous()` first, a copy
+                call["A"] = torch.ops.aten.clone.default(A, memory_format=torch.contiguous_format)
+                return func(**call)
             return func(*args, **kwargs)
         self.fallbacks += 1
         if absmax_8bit is not None:

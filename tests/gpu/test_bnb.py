@@ -59,3 +59,22 @@ def test_the_fallback_allocates_what_the_cuda_dispatch_does(double_quant):
     made = [(shape, dtype) for op, shape, dtype in seen.sizes if op in ("empty", "empty_like", "add", "empty_strided")]
     assert made[:len(expected)] == expected
     assert any(op in ("mm", "addmm") for op, *_ in seen.sizes), seen.sizes  # (KernelAllocations: cuBLAS)
+
+
+def test_the_fused_kernel_copies_a_non_contiguous_input():
+    """`_gemm_4bit_kernel_impl` makes A contiguous before the kernel: a transposed input costs a copy."""
+    bnb = import_bitsandbytes()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    n, k = 256, 128
+    packed, state = bnb.functional.quantize_4bit(torch.randn(n, k, dtype=torch.bfloat16), blocksize=64,
+                                                 quant_type="nf4")
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        a = mode.from_tensor(torch.randn(k, 1, dtype=torch.bfloat16)).t()  # one row, strides (1, 1)
+        b = mode.from_tensor(torch.randn(3, k, dtype=torch.bfloat16))[:, None, :].expand(3, 2, k)  # not contiguous
+        for x, copies in ((a, 0), (b, 1)):
+            seen = Allocations()
+            with seen, CudaGemm4bit(specs.get("a100-80gb")) as gemm:
+                out = torch.ops.bitsandbytes.gemm_4bit.default(x, packed, [n, k], state.absmax, 64, "nf4")
+            assert gemm.fallbacks == 0 and tuple(out.shape) == (*x.shape[:-1], n)
+            assert sum(op == "clone" for op, *_ in seen.sizes) == copies
