@@ -220,11 +220,16 @@ def measure_qlora() -> dict:
 
     q = QLORA_FIT
     fits = []
-    for label, quant in (("bf16 base", {}), ("nf4 + double quant (QLoRA)", q["quant"])):
+    # checkpointing beside quantization: peft's prepare_model_for_kbit_training turns it on, so the bf16 base is
+    # shown with and without it (+ckpt), and the two effects are told apart
+    for label, quant, method in (("bf16", {}, q["method"]), ("bf16", {}, q["method"] + "+ckpt"),
+                                 ("nf4 + double quant (QLoRA)", q["quant"], q["method"])):
         t0 = time.perf_counter()
-        row = fit(RunSpec(model=q["model"], gpu=q["gpu"], dtype=q["dtype"], **quant), [q["method"]],
+        row = fit(RunSpec(model=q["model"], gpu=q["gpu"], dtype=q["dtype"], **quant), [method],
                   seq_lens=[q["seq_len"]])[0]
-        fits.append({"base": label, "quant": quant, "wall_s": round(time.perf_counter() - t0, 1), **row.to_dict()})
+        ckpt = "peft's default" if quant else ("+ckpt" if method.endswith("+ckpt") else "off")
+        fits.append({"base": label, "quant": quant, "checkpointing": ckpt, "wall_s": round(time.perf_counter() - t0, 1),
+                     **row.to_dict()})
     st, rows = QLORA_SETTING, []
     for label, method, quant in QLORA_ROWS:
         r = profile(st["model"], method, batch_size=st["batch_size"], seq_len=st["seq_len"], dtype=st["dtype"],
@@ -404,11 +409,12 @@ def render_fit_qlora(data: dict) -> str:
     """README: the QLoRA row of `membench fit` (llama-2-7b on a 24 GB card), beside the bf16 base."""
     f = data["fit"]
     lines = [f"`membench fit -m {f['model']} --methods {f['method']} --gpu {f['gpu']} --dtype {f['dtype']} "
-             f"-s {f['seq_len']}`, without and with `--quant nf4 --quant-double-quant` (peft's default gradient "
-             "checkpointing on):", "", "| base | largest batch | predicted peak there (reserved + context) "
-             "| next batch over by | fit took |", "|---|---:|---:|---:|---:|"]
+             f"-s {f['seq_len']}`: the bf16 base (also with `{f['method']}+ckpt`), and `--quant nf4 "
+             "--quant-double-quant` (where peft's `prepare_model_for_kbit_training` turns gradient checkpointing on):",
+             "", "| base | gradient checkpointing | largest batch | predicted peak there (reserved + context) "
+             "| next batch over by | fit took |", "|---|---|---:|---:|---:|---:|"]
     for r in f["rows"]:
-        lines.append(f"| {r['base']} | {' | '.join(_fit_cells(r))} | {r['wall_s']:.0f} s |")
+        lines.append(f"| {r['base']} | {r['checkpointing']} | {' | '.join(_fit_cells(r))} | {r['wall_s']:.0f} s |")
     return "\n".join(lines)
 
 
