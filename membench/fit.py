@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 from .errors import UserError
 from .spec import RunSpec
 
-SCHEMA_VERSION = 1  # of `membench fit --out`'s JSON (a run's JSON has its own: membench.result)
+# of `membench fit --out`'s JSON (a run's JSON has its own: membench.result). 2: the file's "quant" (the base of
+# --quant) and each row's "quant" (its base: --quants; "" plain)
+SCHEMA_VERSION = 2
 Probed = Callable[[str, int, int, int, bool], None]  # (method, seq, batch, predicted peak bytes, fits)
 
 
@@ -40,6 +42,7 @@ class FitRow:
     first_failing_reserved_bytes: int | None = None
     over_by_bytes: int | None = None  # reserved + context - budget at the first failing batch size
     probes: dict[int, int] = field(default_factory=dict)  # batch size -> predicted reserved bytes
+    quant: str = ""  # the quantized base of the row's runs (membench.quant.Quant.label); "": none
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -128,14 +131,29 @@ class FitTask:
     context: int  # the CUDA context's bytes
     max_batch_size: int
 
-    def probe(self, method: str, seq: int, batch_size: int) -> RunSpec:
-        return self.spec.replace(method=method, seq_len=seq, batch_size=batch_size)
+    def probe(self, method: str, seq: int, batch_size: int, quant: str | None = None) -> RunSpec:
+        return with_quant(self.spec, quant).replace(method=method, seq_len=seq, batch_size=batch_size)
+
+
+QUANT_OPTIONS = {"quant_double_quant": False, "quant_blocksize": None, "quant_compute_dtype": None, "kbit_ckpt": True}
+
+
+def with_quant(spec: RunSpec, quant: str | None) -> RunSpec:
+    """`spec` on the quantized base `quant` (nf4, fp4, int8; its options as `spec` gives them), or on the plain
+    base (None: every quant option unset): a row of `fit --quants`."""
+    return spec.replace(quant=quant) if quant is not None else spec.replace(quant=None, **QUANT_OPTIONS)
+
+
+def _row_label(method: str, quant_label: str) -> str:
+    """How progress names a row: 'lora', or 'lora (nf4+dq)' on a quantized base."""
+    return f"{method} ({quant_label})" if quant_label else method
 
 
 def fit(spec: RunSpec, methods: list[str], *, seq_lens: list[int | None], headroom: float = 0.05,
         max_batch_size: int = 4096, jobs: int | None = None, progress: Callable[[str], None] | None = None,
-        probed: Probed | None = None) -> list[FitRow]:
-    """One FitRow per (method, sequence length): the largest batch size predicted to fit on `spec.gpu`.
+        probed: Probed | None = None, quants: list[str | None] | None = None) -> list[FitRow]:
+    """One FitRow per (method, sequence length, quantized base): the largest batch size predicted to fit on
+    `spec.gpu`. `quants`: the bases to compare (None: the plain one); default: `spec`'s own.
 
     `spec`: the run description every probe shares (its model, GPU (default a100-80gb), dtype, attention,
     optimizer, allocator options, overrides and `context`, the CUDA context on top of max reserved:
@@ -166,7 +184,17 @@ def fit(spec: RunSpec, methods: list[str], *, seq_lens: list[int | None], headro
         raise UserError(f"--max-batch-size {max_batch_size!r}: expected a positive integer")
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs {jobs}: expected a positive integer")
-    spec = spec.replace(device="fake", target="cuda", gpu=gpu, method=methods[0]).validate()
+    explicit = quants is not None  # --quants: a row per base; else the spec's own base (--quant)
+    quants = list(quants) if explicit else [spec.quant]
+    if not quants:
+        raise UserError("--quants: give at least one base, e.g. none,nf4")
+    _refuse_repeats("--quants", ["none" if q is None else q for q in quants])
+    spec = spec.replace(device="fake", target="cuda", gpu=gpu, method=methods[0])
+    labels = {}
+    for q in quants:  # each base's runs checked once (a quantized one with the spec's quant options)
+        checked = (with_quant(spec, q) if explicit else spec).validate()
+        labels[q] = checked.quantized.label if q is not None else ""
+    spec = checked.replace(quant=spec.quant) if explicit else checked  # (dtype and precision as validated)
     from .runner import model_config, sequence_length
 
     config = model_config(spec)
@@ -177,10 +205,10 @@ def fit(spec: RunSpec, methods: list[str], *, seq_lens: list[int | None], headro
         raise UserError(f"sequence length {too_long[0]} is longer than {spec.model}'s {positions} positions")
 
     task = FitTask(spec, limit, context, max_batch_size)
-    keys = [(method, seq) for method in methods for seq in seq_lens]
+    keys = [(method, seq, q, labels[q]) for q in quants for method in methods for seq in seq_lens]
     jobs = min(jobs or os.cpu_count() or 1, len(keys))
     if jobs == 1:
-        return [_search_row(method, seq, task, say, probed=probed) for method, seq in keys]
+        return [_search_row(key, task, say, probed=probed) for key in keys]
     return _in_workers(keys, task, jobs, say, probed)
 
 
@@ -190,29 +218,32 @@ def _refuse_repeats(flag: str, values: list) -> None:
         raise UserError(f"{flag} lists {repeated[0]} more than once; each value is one row of the table")
 
 
-def _reserved(method: str, seq: int, b: int, task: FitTask) -> int:
+def _reserved(method: str, seq: int, b: int, task: FitTask, quant: str | None = None) -> int:
     """One probe: the predicted steady-state max_memory_reserved of a fake-tensor profile, CUDA target."""
     from .runner import InputsTooLarge, run
 
     try:
-        r = run(task.probe(method, seq, b))  # the task's spec was checked once, in fit()
+        r = run(task.probe(method, seq, b, quant))  # the task's spec was checked once, in fit()
     except InputsTooLarge as exc:  # the inputs alone exceed the GPU's memory: b does not fit (a lower bound)
         return exc.needed_bytes
     return r.predicted_cuda.max_reserved_bytes
 
 
-def _search_row(method: str, seq: int, task: FitTask, say: Callable[[str], None],
+def _search_row(key: tuple, task: FitTask, say: Callable[[str], None],
                 reserved: Callable[[int], int] | None = None, probed: Probed | None = None) -> FitRow:
-    """The search for one (method, sequence length). `reserved(b)`: the probe (default: here)."""
+    """The search for one (method, sequence length, quantized base, its label). `reserved(b)`: the probe
+    (default: here)."""
+    method, seq, quant, label = key
     probes: dict[int, int] = {}
     limit, context = task.limit, task.context
-    reserved = reserved or (lambda b: _reserved(method, seq, b, task))
+    reserved = reserved or (lambda b: _reserved(method, seq, b, task, quant))
+    name = _row_label(method, label)
 
     def cost(b: int) -> int:
-        say(f"{method} s{seq}: batch {b}")
+        say(f"{name} s{seq}: batch {b}")
         probes[b] = reserved(b)
         if probed is not None:
-            probed(method, seq, b, probes[b] + context, probes[b] + context <= limit)
+            probed(name, seq, b, probes[b] + context, probes[b] + context <= limit)
         return probes[b] + context
 
     best, fail = search_batch(cost, limit, task.max_batch_size)
@@ -221,10 +252,10 @@ def _search_row(method: str, seq: int, task: FitTask, say: Callable[[str], None]
                   max_batch_size=best, predicted_max_reserved_bytes=probes.get(best), budget_bytes=limit,
                   context_bytes=context, first_failing_batch_size=fail,
                   first_failing_reserved_bytes=probes.get(fail) if fail else None,
-                  over_by_bytes=probes[fail] + context - limit if fail else None, probes=probes)
+                  over_by_bytes=probes[fail] + context - limit if fail else None, probes=probes, quant=label)
 
 
-def _in_workers(keys: list[tuple[str, int]], task: FitTask, jobs: int, say: Callable[[str], None],
+def _in_workers(keys: list[tuple], task: FitTask, jobs: int, say: Callable[[str], None],
                 probed: Probed | None = None) -> list[FitRow]:
     """Every row's search at once, each in a thread here; their probes run in `jobs` processes forked from
     a server that imported torch once (no CUDA). Probes, not rows, share the processes, so no core
@@ -249,15 +280,16 @@ def _in_workers(keys: list[tuple[str, int]], task: FitTask, jobs: int, say: Call
             probed(*probe)
 
     with ProcessPoolExecutor(jobs, mp_context=ctx) as pool, ThreadPoolExecutor(len(keys)) as rows:
-        def search(method: str, seq: int) -> FitRow:
-            row = _search_row(method, seq, task, tell,
-                              reserved=lambda b: pool.submit(_reserved, method, seq, b, task).result(),
+        def search(key: tuple) -> FitRow:
+            method, seq, quant, label = key
+            row = _search_row(key, task, tell,
+                              reserved=lambda b: pool.submit(_reserved, method, seq, b, task, quant).result(),
                               probed=one_at_a_time if probed is not None else None)
             with lock:
-                latest.pop(f"{method} s{seq}", None)
+                latest.pop(f"{_row_label(method, label)} s{seq}", None)
             return row
 
-        futures = {rows.submit(search, method, seq): (method, seq) for method, seq in keys}
+        futures = {rows.submit(search, key): key for key in keys}
         pending = set(futures)
         try:
             while pending:

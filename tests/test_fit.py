@@ -213,3 +213,31 @@ def test_fit_searches_the_micro_batch_at_an_accumulation(cli, tmp_path):
     assert (data["grad_accum"], data["precision"], data["optimizer"]) == (4, "16-mixed", "adamw")
     said = " ".join(stdout.split())  # the title wraps at the console's width
     assert "largest micro-batch size" in said and "16-mixed" in said and "x4 accumulated" in said
+
+
+def test_fit_compares_quantized_bases_row_by_row(cli, tmp_path):
+    """`--quants none,nf4`: a row per method and base, each found by the profiles of its own base (QLoRA beside
+    LoRA and MEFT on one GPU); the --quant-* options apply to the quantized rows only."""
+    pytest.importorskip("bitsandbytes")
+    model, ov = tiny("llama", layers=2, hidden=128, heads=2)
+    spec = RunSpec(model=model, gpu="v100-32gb", dtype="fp16", overrides=ov, quant_double_quant=True, kbit_ckpt=False)
+    rows = fit(spec, ["lora", "meft1"], seq_lens=[128], headroom=0.988, jobs=1, quants=[None, "nf4"])
+    assert [(r.method, r.quant) for r in rows] == [("lora", ""), ("meft1", ""), ("lora", "nf4+dq"),
+                                                   ("meft1", "nf4+dq")]
+    for r in rows:
+        kw = dict(quant="nf4", quant_double_quant=True, kbit_ckpt=False) if r.quant else {}
+        direct = profile(model, r.method, batch_size=r.max_batch_size, seq_len=128, dtype="fp16", device="fake",
+                         target="cuda", gpu="v100-32gb", overrides=ov, **kw)
+        assert direct.predicted_cuda.max_reserved_bytes == r.predicted_max_reserved_bytes
+    plain, quantized = rows[0], rows[2]
+    assert quantized.predicted_max_reserved_bytes != plain.predicted_max_reserved_bytes
+
+    out = tmp_path / "fit.json"
+    args = ["fit", "-m", model, *[a for k, v in ov.items() for a in ("--override", f"{k}={v}")], "--methods", "lora",
+            "--quants", "none,nf4", "--no-kbit-ckpt", "--gpu", "v100-32gb", "--dtype", "fp16", "-s", "64",
+            "--max-batch-size", "2", "-j", "1", "--out", str(out)]
+    code, stdout, stderr = cli(*args)
+    assert code == 0, stderr
+    assert [r["quant"] for r in json.loads(out.read_text())["rows"]] == ["", "nf4"]
+    code, _, stderr = cli(*args[:-2], "--quant", "nf4")
+    assert code == 2 and "not both" in stderr

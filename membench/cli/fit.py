@@ -26,6 +26,8 @@ class FitSettings:
 
     methods: str = option("full,lora,meft3", "comma-separated methods")
     seq_lens: str | None = option(None, "comma-separated sequence lengths: a method x length grid")
+    quants: str | None = option(None, "comma-separated bases to compare, a row per method each: none (the plain "
+                                      "base), nf4, fp4, int8; the --quant-* options apply to the quantized ones")
     headroom: float = option(0.05, "fraction of the GPU's memory to leave free")
     max_batch_size: int = option(4096, "stop the search here")
     jobs: int | None = option(None, "profiles run at once, one process each; every row is searched at once "
@@ -55,10 +57,16 @@ def fit(spec: dict, settings: FitSettings) -> None:
     lens = split_list(seq_lens, "--seq-lens", int) if seq_lens is not None else [seq_len]  # [None]: the default
     if settings.out is not None:
         output_file(settings.out, "--out")
+    quants = None
+    if settings.quants is not None:
+        if spec.get("quant") is not None:  # which would win is a guess: refuse both
+            raise UserError(f"give --quant (one base) or --quants (a row per base), not both (got {spec['quant']} "
+                            f"and {settings.quants})")
+        quants = [None if q.lower() == "none" else q for q in split_list(settings.quants, "--quants")]
     run_spec = spec_from_flags({**spec, "gpu": gpu.name})
     with _progress() as shown:
         rows = run_fit(run_spec, split_list(settings.methods, "--methods"), seq_lens=lens, headroom=settings.headroom,
-                       max_batch_size=settings.max_batch_size, jobs=settings.jobs, **shown)
+                       max_batch_size=settings.max_batch_size, jobs=settings.jobs, quants=quants, **shown)
     given_context = run_spec.context is not None
     console.print(fit_table(rows, gpu, settings.headroom, given_context=given_context, recipe=_recipe(run_spec)))
     if settings.out is not None:
@@ -90,7 +98,7 @@ def _probe_line(method: str, seq: int, batch: int, peak: int, fits: bool) -> Non
 def _recipe(spec) -> str:
     """'fp32 · adamw' and, where given, the precision and accumulation: what every row's probes ran."""
     precision = spec.training_precision
-    quant = [f"{spec.quantized.label} base"] if spec.quant else []
+    quant = [f"{spec.quantized.label} base"] if spec.quant else []  # (--quants: a column of the table)
     parts = [spec.dtype, *quant] + ([precision.name] if precision.mixed else []) + [spec.optimizer]
     if spec.grad_accum > 1:
         parts.append(f"micro-batch x{spec.grad_accum} accumulated")
@@ -107,9 +115,9 @@ def fit_table(rows, spec, headroom: float, given_context: bool = False, recipe: 
                   f"{headroom * 100:g}% headroom: {format_bytes(budget)}): largest "
                   f"{'micro-' if 'accumulated' in recipe else ''}batch size, predicted"
                   + (f" ({recipe})" if recipe else ""),
-                  [("method", "left"), ("seq", "right"), ("max batch", "right"), ("peak there", "right"),
-                   ("next batch", "right"), ("its peak", "right"), ("over by", "right")],
-                  keep=("method",), whole=sizes, constant=("seq",),
+                  [("method", "left"), ("base", "left"), ("seq", "right"), ("max batch", "right"),
+                   ("peak there", "right"), ("next batch", "right"), ("its peak", "right"), ("over by", "right")],
+                  keep=("method",), whole=sizes, constant=("seq", "base"),
                   caption="peak = predicted max_memory_reserved over two training steps + CUDA context "
                           f"({context_said}); max batch 0: batch size 1 "
                           "does not fit")
@@ -120,5 +128,5 @@ def fit_table(rows, spec, headroom: float, given_context: bool = False, recipe: 
                if r.first_failing_reserved_bytes is not None else "-")
         over = format_bytes(r.over_by_bytes) if r.over_by_bytes is not None else "-"
         best = f"[green]{r.max_batch_size}[/]" if r.max_batch_size else "[red]0[/]"
-        t.add_row(r.method, str(r.seq_len), best, peak, nxt, its, over)
+        t.add_row(r.method, r.quant or "plain", str(r.seq_len), best, peak, nxt, its, over)
     return t
