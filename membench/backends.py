@@ -376,6 +376,7 @@ class _CudaTarget(Backend):
         context, source = self.target.context_bytes, self.target.context_source
         if step.nvml.get("context_bytes") is not None:  # --device cuda: the context as NVML measured it
             context, source = step.nvml["context_bytes"], f"measured (NVML, {step.nvml['context_source']})"
+        self.last_trace = trace  # (membench.gpu.depth reads it)
         replayed = predict(trace, phases=step.phases, config=self.target.alloc_conf, context_bytes=context)
         return dataclasses.replace(
             replayed, context_source=source, gpu=self.target.gpu_name, paged_bytes=step.paged_bytes,

@@ -29,7 +29,7 @@ from ..result import RunResult
 from ..spec import RunSpec
 from .building import Built, InputsTooLarge, build, layer_groups, model_config, sequence_length
 
-__all__ = ["profile", "profile_built", "profile_module", "run", "build", "Built", "InputsTooLarge", "layer_groups",
+__all__ = ["profile", "profile_built", "profile_module", "run", "allocation_trace", "build", "Built", "InputsTooLarge", "layer_groups",
            "model_config", "sequence_length", "fake_mode", "fakeify", "real_gpu_spec"]
 
 
@@ -101,17 +101,40 @@ def profile(model: str | RunSpec | None = None, method: str = "full", *, batch_s
 def run(spec: RunSpec, *, snapshot: str | None = None, progress: Callable[[str], None] | None = None,
         track_live: bool = True) -> RunResult:
     """profile() of a spec already validated (`spec.validate()`): `fit` checks its spec once, then probes."""
-    from ..profilers.step import profile_step
-    from .progress import StepProgress
+    from .module import batch_shape
     from .summary import to_result
 
     t0 = time.perf_counter()
+    step, built, backend, plan = _profiled_step(spec, snapshot=snapshot, progress=progress, track_live=track_live)
+    return to_result(step, built.order, built.described(), backend, plan=plan, wall_s=time.perf_counter() - t0,
+                     extra={"config": built.config.to_dict(), "pretrained": spec.pretrained},
+                     input_shape=batch_shape(built.batch)[2])
+
+
+def allocation_trace(spec: RunSpec):
+    """The allocation trace (membench.gpu.predict.AllocationTrace) and phases of a validated spec's step on a CUDA
+    target predicted with fake tensors: what the allocator model replays (membench.gpu.depth extrapolates it)."""
+    if spec.device != "fake" or spec.target == "cpu":
+        from ..errors import UserError
+
+        raise UserError("an allocation trace is a CUDA target's prediction: --device fake (target cuda)")
+    step, _built, backend, _plan = _profiled_step(spec)
+    backend.predicted_cuda(step)
+    return backend.last_trace, list(step.phases)
+
+
+def _profiled_step(spec: RunSpec, *, snapshot: str | None = None, progress: Callable[[str], None] | None = None,
+                   track_live: bool = True):
+    """(StepProfile, Built (with .order: the report's rows), backend, StepPlan) of one profiled step."""
+    from ..profilers.step import profile_step
+    from .progress import StepProgress
+
     backend = for_spec(spec)
     backend.check_track_live(track_live)
     backend.check_snapshot(snapshot)
     built = build(spec, backend, say=progress)
     _check_scaled(spec, built.model)
-    groups, order = layer_groups(built.model, built.family, built.base)
+    groups, built.order = layer_groups(built.model, built.family, built.base)
     plan = backend.plan(spec.optimizer, track_live=track_live, snapshot=snapshot, micro_steps=spec.grad_accum,
                         precision=spec.training_precision, model=built.model)
     tracker = None
@@ -128,11 +151,7 @@ def run(spec: RunSpec, *, snapshot: str | None = None, progress: Callable[[str],
     finally:
         if tracker is not None:
             tracker.close()
-    from .module import batch_shape
-
-    return to_result(step, order, built.described(), backend, plan=plan, wall_s=time.perf_counter() - t0,
-                     extra={"config": built.config.to_dict(), "pretrained": spec.pretrained},
-                     input_shape=batch_shape(built.batch)[2])
+    return step, built, backend, plan
 
 
 def _check_scaled(spec: RunSpec, model) -> None:
