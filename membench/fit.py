@@ -149,9 +149,19 @@ def _row_label(method: str, quant_label: str) -> str:
     return f"{method} ({quant_label})" if quant_label else method
 
 
+@dataclass(frozen=True)
+class Watch:
+    """What a caller sees of a fit while it runs: `progress(text)`, what is running now (a live line);
+    `probed(method, seq, batch, peak, fits)`, each probe as it ends, one call at a time (peak: predicted reserved
+    + context)."""
+
+    progress: Callable[[str], None] | None = None
+    probed: Probed | None = None
+
+
 def fit(spec: RunSpec, methods: list[str], *, seq_lens: list[int | None], headroom: float = 0.05,
-        max_batch_size: int = 4096, jobs: int | None = None, progress: Callable[[str], None] | None = None,
-        probed: Probed | None = None, quants: list[str | None] | None = None) -> list[FitRow]:
+        max_batch_size: int = 4096, jobs: int | None = None, watch: Watch | None = None,
+        quants: list[str | None] | None = None) -> list[FitRow]:
     """One FitRow per (method, sequence length, quantized base): the largest batch size predicted to fit on
     `spec.gpu`. `quants`: the bases to compare (None: the plain one); default: `spec`'s own.
 
@@ -161,13 +171,13 @@ def fit(spec: RunSpec, methods: list[str], *, seq_lens: list[int | None], headro
     once, here, not at every probe. `seq_lens`: [None] is the model's default (an image model: its patches + 1).
     `jobs`: profiles run at once, each in a worker process, while every row's search goes on
     (default: one per CPU core, at most one per row; 1 searches row by row here, in this process).
-    `progress(text)`: what is running now (a live line); `probed(method, seq, batch, peak, fits)`: each
-    probe as it ends, one call at a time (peak: predicted reserved + context)."""
+    `watch`: what is running and each probe as it ends (Watch)."""
     from . import backbones
     from . import methods as registry
     from .gpu import specs
 
-    say = progress or (lambda _msg: None)
+    watch = watch or Watch()
+    say, probed = watch.progress or (lambda _msg: None), watch.probed
     gpu = specs.get(spec.gpu or specs.DEFAULT_GPU).name
     limit, context = budget(gpu, headroom, spec.context)
     if not methods:
