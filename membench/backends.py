@@ -364,19 +364,27 @@ class _CudaTarget(Backend):
         self.kernel = KernelAllocations(self.target.gpu)
         return [self.kernel]
 
-    def predicted_cuda(self, step) -> PredictedCuda | None:
-        """Replay the step's allocations through the allocator model."""
+    def allocation_trace(self, step):
+        """The step's allocations as the allocator model replays them (membench.gpu.predict.AllocationTrace), or
+        None without the live tracker."""
         if step.live is None or self.kernel is None:
             return None
-        from .gpu.predict import AllocationTrace, predict
+        from .gpu.predict import AllocationTrace
 
         live = step.live
-        trace = AllocationTrace(prestep=step.prestep_bytes, sizes=live.sizes, events=live.events[:step.live_end],
-                                host=live.host_ids, kernel=self.kernel.events)
+        return AllocationTrace(prestep=step.prestep_bytes, sizes=live.sizes, events=live.events[:step.live_end],
+                               host=live.host_ids, kernel=self.kernel.events)
+
+    def predicted_cuda(self, step) -> PredictedCuda | None:
+        """Replay the step's allocations through the allocator model."""
+        trace = self.allocation_trace(step)
+        if trace is None:
+            return None
+        from .gpu.predict import predict
+
         context, source = self.target.context_bytes, self.target.context_source
         if step.nvml.get("context_bytes") is not None:  # --device cuda: the context as NVML measured it
             context, source = step.nvml["context_bytes"], f"measured (NVML, {step.nvml['context_source']})"
-        self.last_trace = trace  # (membench.gpu.depth reads it)
         replayed = predict(trace, phases=step.phases, config=self.target.alloc_conf, context_bytes=context)
         return dataclasses.replace(
             replayed, context_source=source, gpu=self.target.gpu_name, paged_bytes=step.paged_bytes,

@@ -135,13 +135,12 @@ class FitTask:
         return with_quant(self.spec, quant).replace(method=method, seq_len=seq, batch_size=batch_size)
 
 
-QUANT_OPTIONS = {"quant_double_quant": False, "quant_blocksize": None, "quant_compute_dtype": None, "kbit_ckpt": True}
-
-
 def with_quant(spec: RunSpec, quant: str | None) -> RunSpec:
     """`spec` on the quantized base `quant` (nf4, fp4, int8; its options as `spec` gives them), or on the plain
     base (None: every quant option unset): a row of `fit --quants`."""
-    return spec.replace(quant=quant) if quant is not None else spec.replace(quant=None, **QUANT_OPTIONS)
+    from . import quant as quants
+
+    return spec.replace(quant=quant) if quant is not None else quants.plain(spec)
 
 
 def _row_label(method: str, quant_label: str) -> str:
@@ -204,7 +203,9 @@ def fit(spec: RunSpec, methods: list[str], *, seq_lens: list[int | None], headro
     for q in quants:  # each base's runs checked once (a quantized one with the spec's quant options)
         checked = (with_quant(spec, q) if explicit else spec).validate()
         labels[q] = checked.quantized.label if q is not None else ""
-    spec = checked.replace(quant=spec.quant) if explicit else checked  # (dtype and precision as validated)
+    # the probes' shared spec: as validated (dtype and precision spelled as results spell them); with --quants
+    # each row sets its own base (FitTask.probe), keeping the spec's quant options for the quantized ones
+    spec = spec.replace(dtype=checked.dtype, precision=checked.precision) if explicit else checked
     from .runner import model_config, sequence_length
 
     config = model_config(spec)

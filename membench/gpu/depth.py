@@ -4,11 +4,12 @@ A transformer's layers are identical, so one more layer inserts the same blocks 
 (its forward, its backward, its entries in each optimizer op) and changes nothing else. Measured on llama
 LoRA and OPT MEFT3 (the issue 22 note): +73 forward, +153 backward, +12/+4/+4 optimizer events per llama layer.
 
-    T(a)    base                 ─┐
-    T(a+1)  base + 1 copy of each block    insertions found by a diff (insertions only, else: not aligned)
-    T(a+2)  base + 2 copies                the structure checked, and each free's allocation expressed as a rule
-    T(a+3)  base + 3 copies                the rules checked (a trace they do not rebuild exactly: not aligned)
-    T(N)    base + (N - a) copies          synthesized
+    T(a)      base
+    T(a+1)    base + 1 copy of each block    insertions found by a diff (insertions only, else: not aligned); a
+    T(a+2)    base + 2 copies                block two copies interleave is split into the parts they double
+    T(a+3)    base + 3 copies                each free's allocation expressed as a rule, learned on a+1..a+3
+    T(a+4)    base + 4 copies                the rules checked on a depth they did not see (else: not aligned)
+    T(N)      base + (N - a) copies          synthesized
 
 What a free releases matters to the allocator (which block goes back), so every free is tied to its
 allocation by a rule, in coordinates: a position of the base, or (block, copy, offset). A free in copy c of
@@ -16,7 +17,7 @@ a block releases, in J copies: a fixed base position; or the allocation at (bloc
 ("rel"), or of copy J - 1 - c + d ("ref", the backward's reversed order of layers); a copy number outside
 0..J-1 stands for a base position (the layer before the copies, or after them). A free of the base releases a
 base position, or copy d ("first") or J - 1 - d ("last") of a block. A rule must explain every observation
-in T(a+1) and T(a+2) and rebuild T(a+3) exactly, or the traces do not align.
+in T(a+1)..T(a+3) and rebuild T(a+4) exactly, or the traces do not align.
 """
 
 from __future__ import annotations
@@ -107,13 +108,12 @@ def insertions(a: list, b: list) -> list[tuple[int, list]]:
 def expand(base: list, inserts: list[tuple[int, list]], copies: int) -> tuple[list, list[tuple]]:
     """`base` with `copies` copies of each insertion at its place: (items, their coordinates)."""
     items, coords = [], []
-    at = {pos: block for pos, block in enumerate(inserts)}
     by_pos: dict[int, list[int]] = {}
     for i, (pos, _block) in enumerate(inserts):
         by_pos.setdefault(pos, []).append(i)
     for p in range(len(base) + 1):
         for i in by_pos.get(p, ()):
-            block = at[i][1]
+            block = inserts[i][1]
             for c in range(copies):
                 for o, item in enumerate(block):
                     items.append(item)
@@ -192,14 +192,20 @@ def _target(rule: tuple, c: int | None, J: int, boundary: dict) -> tuple:
     kind = rule[0]
     if kind == "base":
         return ("base", rule[1])
-    _k, i2, o2, d = rule
-    copy = {"rel": (c or 0) + d, "ref": J - 1 - (c or 0) + d, "first": d, "last": J - 1 - d}[kind]
+    _k, i2, o2, _d = rule
+    copy = _copy_of(rule, c, J)
     if 0 <= copy < J:
         return ("blk", i2, copy, o2)
     key = _past(i2, o2, copy, J)
     if key not in boundary:
         raise NotAligned(f"a free reaches past the copies ({key}) where no trace showed what it releases")
     return ("base", boundary[key])
+
+
+def _copy_of(rule: tuple, c: int | None, J: int) -> int:
+    """The copy number a block rule names for a free in copy c (None: a base free) of J copies."""
+    kind, _i2, _o2, d = rule
+    return {"rel": (c or 0) + d, "ref": J - 1 - (c or 0) + d, "first": d, "last": J - 1 - d}[kind]
 
 
 def _past(i2: int, o2: int, copy: int, J: int) -> tuple:
@@ -256,8 +262,8 @@ class DepthModel:
 
 
 def fit_depth(traces: dict[int, AllocationTrace]) -> DepthModel:
-    """The DepthModel of traces at four consecutive depths a..a+3; NotAligned (with why) where they do not
-    extrapolate exactly."""
+    """The DepthModel of traces at LEARN + 2 consecutive depths a..a+LEARN+1; NotAligned (with why) where they do
+    not extrapolate exactly."""
     depths = sorted(traces)
     a = depths[0]
     if depths != [a + j for j in range(LEARN + 2)]:
@@ -267,15 +273,14 @@ def fit_depth(traces: dict[int, AllocationTrace]) -> DepthModel:
     if not inserts:
         raise NotAligned("one more layer adds no event")
     pre_inserts = _one_block(traces[a].prestep, [traces[a + J].prestep for J in range(1, LEARN + 2)])
-    cands: dict[tuple, set] = {}
-    for J in range(1, LEARN + 1):  # every rule an observation allows, per free site
+    seen: dict[tuple, list] = {}  # free site -> every (copy, copies, target) the learning depths show
+    for J in range(1, LEARN + 1):
         _kinds, coords = expand(toks[a].kinds, inserts, J)
         for f, alloc in toks[a + J].link.items():
-            site = _site(coords[f])
             c = coords[f][2] if coords[f][0] == "blk" else None
-            cands.setdefault(site, set()).update(_candidates(site, c, J, coords[alloc]))
+            seen.setdefault(_site(coords[f]), []).append((c, J, coords[alloc]))
     boundary: dict[tuple, int] = {}
-    rules = {site: _pick(site, options, toks, a, inserts, boundary) for site, options in cands.items()}
+    rules = {site: _pick(site, obs, boundary) for site, obs in seen.items()}
     model = DepthModel(a, toks[a], inserts, rules, boundary, traces[a].prestep, pre_inserts)
     for J in range(1, LEARN + 2):  # every trace rebuilt exactly; the deepest one was not used to learn the rules
         if model.tokens(a + J).link != toks[a + J].link:
@@ -283,38 +288,26 @@ def fit_depth(traces: dict[int, AllocationTrace]) -> DepthModel:
     return model
 
 
-def _pick(site, cands: set, toks, a, inserts, boundary) -> tuple:
-    """The rule among `cands` that explains the free at `site` in depths a+1 and a+2 (recording what a copy number
-    past the ends stands for)."""
-    for rule in sorted(cands, key=lambda r: (r[0] == "base", str(r))):
-        ok = True
+def _pick(site: tuple, observations: list, boundary: dict) -> tuple:
+    """The rule that explains every observation (copy, copies, target) of the free at `site`, recording in
+    `boundary` what a copy number past the ends stands for."""
+    candidates = {rule for c, J, target in observations for rule in _candidates(site, c, J, target)}
+    for rule in sorted(candidates, key=lambda r: (r[0] == "base", str(r))):
         found: dict = {}
-        for J in range(1, LEARN + 1):
-            _kinds, coords = expand(toks[a].kinds, inserts, J)
-            for f, alloc in toks[a + J].link.items():
-                if _site(coords[f]) != site:
-                    continue
-                c = coords[f][2] if coords[f][0] == "blk" else None
-                try:
-                    want = _target(rule, c, J, {**boundary, **found})
-                except NotAligned:
-                    if rule[0] == "base" or coords[alloc][0] != "base":
-                        ok = False
-                        break
-                    _k, i2, o2, d = rule
-                    copy = {"rel": (c or 0) + d, "ref": J - 1 - (c or 0) + d, "first": d, "last": J - 1 - d}[rule[0]]
-                    key = _past(i2, o2, copy, J)
-                    if found.get(key, coords[alloc][1]) != coords[alloc][1]:
-                        ok = False
-                        break
-                    found[key] = coords[alloc][1]
-                    continue
-                if want != coords[alloc]:
-                    ok = False
-                    break
-            if not ok:
-                break
-        if ok:
+        if all(_explains(rule, c, J, target, boundary, found) for c, J, target in observations):
             boundary.update(found)
             return rule
     raise NotAligned(f"no rule explains the free at {site}")
+
+
+def _explains(rule: tuple, c: int | None, J: int, target: tuple, boundary: dict, found: dict) -> bool:
+    """Whether `rule` names `target` for a free in copy c of J copies; a copy number past the ends may stand for a
+    base position, once and consistently (`found`)."""
+    if rule[0] == "base" or 0 <= _copy_of(rule, c, J) < J:
+        return _target(rule, c, J, boundary) == target
+    key = _past(rule[1], rule[2], _copy_of(rule, c, J), J)
+    known = found.get(key, boundary.get(key))
+    if target[0] != "base" or known not in (None, target[1]):
+        return False
+    found[key] = target[1]
+    return True

@@ -155,4 +155,3 @@ def _restore(weights) -> None:
                 t.copy_(saved)
             else:
                 t.data = saved.to(t.device)
-

@@ -26,7 +26,7 @@ from .cuda import CudaAllocatorStats
 from .ledger import FORWARD, RECOMPUTE, LedgerReport, SavedTensorLedger
 from .live import LiveMemoryTracker
 from .nvml import NvmlSampler
-from .weights import attached, weight_tensors
+from .weights import attached
 
 
 def default_loss(output) -> torch.Tensor:
@@ -173,9 +173,10 @@ class _Step:
         self.scaler = plan.scaler() if plan.scaler is not None else None
         self.inputs = _flatten_tensors(batch)
         # everything the model holds when the step starts (a quantized weight's scales too), and its sizes then
-        weights = weight_tensors(model)
-        self.param_bytes = _unique_bytes(self.params + [t for p in self.params for t in attached(p)])
-        self.buffer_bytes = _unique_bytes(list(model.buffers()))
+        held, buffers = [t for p in self.params for t in attached(p)], list(model.buffers())
+        weights = self.params + held + buffers  # (weights.weight_tensors' order)
+        self.param_bytes = _unique_bytes(self.params + held)
+        self.buffer_bytes = _unique_bytes(buffers)
         self.prestep = _storage_sizes([*weights, *self.inputs])
         self.tracker = (LiveMemoryTracker(weights + self.inputs, weights=weights, host_device=plan.host_device)
                         if plan.track_live else None)

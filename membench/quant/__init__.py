@@ -50,12 +50,25 @@ class Quant:
             f"/b{self.blocksize}" if self.blocksize != DEFAULT_BLOCKSIZE else "")
 
 
+OPTIONS = ("quant_double_quant", "quant_blocksize", "quant_compute_dtype", "kbit_ckpt")  # RunSpec's fields
+
+
+def unset_options(spec) -> dict:
+    """The quant options of a RunSpec as they are when not given (the fields' defaults)."""
+    import dataclasses
+
+    return {f.name: f.default for f in dataclasses.fields(spec) if f.name in OPTIONS}
+
+
+def plain(spec):
+    """`spec` on its plain base: no --quant, every quant option unset."""
+    return spec.replace(quant=None, **unset_options(spec))
+
+
 def resolve(spec) -> Quant | None:
     """The Quant a RunSpec names (None: no --quant), its options checked; each error names its flag."""
     if spec.quant is None:
-        given = [f for f, unset in (("quant_double_quant", False), ("quant_blocksize", None),
-                                    ("quant_compute_dtype", None), ("kbit_ckpt", True))
-                 if getattr(spec, f) != unset]
+        given = [f for f, unset in unset_options(spec).items() if getattr(spec, f) != unset]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} sets a quantized base's option; give --quant "
                             f"({', '.join(KINDS)}) too", field=(given[0],))

@@ -112,4 +112,3 @@ def label_of_model(model) -> str:
         if getattr(p, "SCB", None) is not None or str(p.dtype) == "torch.int8":
             return "int8"
     return ""
-

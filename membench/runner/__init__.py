@@ -105,8 +105,9 @@ def run(spec: RunSpec, *, snapshot: str | None = None, progress: Callable[[str],
     from .summary import to_result
 
     t0 = time.perf_counter()
-    step, built, backend, plan = _profiled_step(spec, snapshot=snapshot, progress=progress, track_live=track_live)
-    return to_result(step, built.order, built.described(), backend, plan=plan, wall_s=time.perf_counter() - t0,
+    step, built, backend, plan, order = _profiled_step(spec, snapshot=snapshot, progress=progress,
+                                                       track_live=track_live)
+    return to_result(step, order, built.described(), backend, plan=plan, wall_s=time.perf_counter() - t0,
                      extra={"config": built.config.to_dict(), "pretrained": spec.pretrained},
                      input_shape=batch_shape(built.batch)[2])
 
@@ -118,14 +119,13 @@ def allocation_trace(spec: RunSpec):
         from ..errors import UserError
 
         raise UserError("an allocation trace is a CUDA target's prediction: --device fake (target cuda)")
-    step, _built, backend, _plan = _profiled_step(spec)
-    backend.predicted_cuda(step)
-    return backend.last_trace, list(step.phases)
+    step, _built, backend, _plan, _order = _profiled_step(spec)
+    return backend.allocation_trace(step), list(step.phases)
 
 
 def _profiled_step(spec: RunSpec, *, snapshot: str | None = None, progress: Callable[[str], None] | None = None,
                    track_live: bool = True):
-    """(StepProfile, Built (with .order: the report's rows), backend, StepPlan) of one profiled step."""
+    """(StepProfile, Built, backend, StepPlan, the report's rows) of one profiled step."""
     from ..profilers.step import profile_step
     from .progress import StepProgress
 
@@ -134,7 +134,7 @@ def _profiled_step(spec: RunSpec, *, snapshot: str | None = None, progress: Call
     backend.check_snapshot(snapshot)
     built = build(spec, backend, say=progress)
     _check_scaled(spec, built.model)
-    groups, built.order = layer_groups(built.model, built.family, built.base)
+    groups, order = layer_groups(built.model, built.family, built.base)
     plan = backend.plan(spec.optimizer, track_live=track_live, snapshot=snapshot, micro_steps=spec.grad_accum,
                         precision=spec.training_precision, model=built.model)
     tracker = None
@@ -151,7 +151,7 @@ def _profiled_step(spec: RunSpec, *, snapshot: str | None = None, progress: Call
     finally:
         if tracker is not None:
             tracker.close()
-    return step, built, backend, plan
+    return step, built, backend, plan, order
 
 
 def _check_scaled(spec: RunSpec, model) -> None:

@@ -35,7 +35,6 @@ class Built:
     modifier_configs: list = field(default_factory=list)  # [(modifier, its config), ...]
     batch: dict | None = None  # the step's inputs (None: built without)
     seq_len: int | None = None
-    order: list | None = None  # the report's rows (layer_groups), once a step is profiled
 
     @property
     def method(self) -> MethodSpec:
