@@ -96,13 +96,16 @@ class CudaGemm4bit(TorchDispatchMode):
                 return func(**call)
             return func(*args, **kwargs)
         self.fallbacks += 1
+        # the temporaries are locals of bitsandbytes' `_dequant_linear_fallback`: they live until it returns, after
+        # the matmul's output exists, and go in the same order here (absmax, absmax_dq, the weight)
+        absmax_dq = None
         if absmax_8bit is not None:
             absmax_dq = torch.empty_like(absmax_8bit, dtype=torch.float32)
             absmax = absmax_dq + absmax_offset
-            del absmax_dq
         weight = torch.empty(list(shapeB), dtype=A.dtype, device=A.device)
-        del absmax
-        return _linear(A, weight, bias)
+        out = _linear(A, weight, bias)
+        del absmax, absmax_dq, weight
+        return out
 
 
 def _linear(a, weight, bias):

@@ -78,3 +78,24 @@ def test_the_fused_kernel_copies_a_non_contiguous_input():
                 out = torch.ops.bitsandbytes.gemm_4bit.default(x, packed, [n, k], state.absmax, 64, "nf4")
             assert gemm.fallbacks == 0 and tuple(out.shape) == (*x.shape[:-1], n)
             assert sum(op == "clone" for op, *_ in seen.sizes) == copies
+
+
+def test_the_fallback_keeps_its_temporaries_until_the_output_exists():
+    """In bitsandbytes' fallback the dequantized weight and the absmax copies are locals: freed after the matmul."""
+    bnb = import_bitsandbytes()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from membench.profilers.live import LiveMemoryTracker
+
+    n, k, rows = 256, 128, 2048
+    packed, state = bnb.functional.quantize_4bit(torch.randn(n, k, dtype=torch.bfloat16), blocksize=64,
+                                                 compress_statistics=True, quant_type="nf4")
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        a = mode.from_tensor(torch.randn(rows, k, dtype=torch.bfloat16))
+        weight = mode.from_tensor(packed)  # (the weight exists before: not the step's)
+        tracker = LiveMemoryTracker([a, weight])
+        with tracker, CudaGemm4bit(specs.get("a100-80gb")):
+            out = bnb.matmul_4bit(a, weight.t(), quant_state=state)
+    weight_bytes, out_bytes, blocks = n * k * 2, rows * n * 2, n * k // 64
+    assert tracker.peak().bytes == 2 * 4 * blocks + weight_bytes + out_bytes  # all alive at once
+    del out
