@@ -228,8 +228,8 @@ def measure_qlora() -> dict:
         row = fit(RunSpec(model=q["model"], gpu=q["gpu"], dtype=q["dtype"], **quant), [method],
                   seq_lens=[q["seq_len"]])[0]
         ckpt = "peft's default" if quant else ("+ckpt" if method.endswith("+ckpt") else "off")
-        fits.append({"base": label, "quant": quant, "checkpointing": ckpt, "wall_s": round(time.perf_counter() - t0, 1),
-                     **row.to_dict()})
+        fits.append({"base": label, "checkpointing": ckpt, "wall_s": round(time.perf_counter() - t0, 1),
+                     **row.to_dict()})  # (the row's "quant": its base's label)
     st, rows = QLORA_SETTING, []
     for label, method, quant in QLORA_ROWS:
         r = profile(st["model"], method, batch_size=st["batch_size"], seq_len=st["seq_len"], dtype=st["dtype"],
