@@ -257,7 +257,21 @@ class Backend:
         """What the step runs inside (fake: the fake mode and transformers' value branches answered)."""
         return contextlib.nullcontext()
 
-    def predicted_cuda(self, step) -> PredictedCuda | None:
+    def allocation_trace(self, step):
+        """The step's time line (membench.gpu.predict.AllocationTrace): every allocation and free the live tracker
+        saw up to the step's end, the kernels' own allocations on a CUDA target, and which records are gradients
+        and optimizer state; None without the live tracker. The allocator model replays it; membench.depth
+        extrapolates it."""
+        if step.live is None:
+            return None
+        from .gpu.predict import AllocationTrace
+
+        live = step.live
+        return AllocationTrace(prestep=step.prestep_bytes, sizes=live.sizes, events=live.events[:step.live_end],
+                               host=live.host_ids, kernel=self.kernel.events if self.kernel is not None else [],
+                               marks=step.marks)
+
+    def predicted_cuda(self, step, trace=None) -> PredictedCuda | None:
         """The allocator model's figures for the step (CUDA targets), else None."""
         return None
 
@@ -364,20 +378,10 @@ class _CudaTarget(Backend):
         self.kernel = KernelAllocations(self.target.gpu)
         return [self.kernel]
 
-    def allocation_trace(self, step):
-        """The step's allocations as the allocator model replays them (membench.gpu.predict.AllocationTrace), or
-        None without the live tracker."""
-        if step.live is None or self.kernel is None:
-            return None
-        from .gpu.predict import AllocationTrace
-
-        live = step.live
-        return AllocationTrace(prestep=step.prestep_bytes, sizes=live.sizes, events=live.events[:step.live_end],
-                               host=live.host_ids, kernel=self.kernel.events)
-
-    def predicted_cuda(self, step) -> PredictedCuda | None:
-        """Replay the step's allocations through the allocator model."""
-        trace = self.allocation_trace(step)
+    def predicted_cuda(self, step, trace=None) -> PredictedCuda | None:
+        """Replay the step's allocations (`trace`: the step's own by default, or one membench.depth synthesized for
+        it) through the allocator model."""
+        trace = self.allocation_trace(step) if trace is None else trace
         if trace is None:
             return None
         from .gpu.predict import predict
@@ -391,7 +395,7 @@ class _CudaTarget(Backend):
             nvidia_smi_bytes=replayed.nvidia_smi_bytes + step.paged_bytes,
             sdpa_backends=dict(self.routing.choices) if self.routing is not None else {},
             kernel_allocations=[{"label": label, "bytes": n, "kind": kind, "phase": ph}
-                                for _pos, n, kind, label, ph in self.kernel.events if kind == "persistent"],
+                                for _pos, n, kind, label, ph in trace.kernel if kind == "persistent"],
             # the table's context is a typical figure; nvidia-smi adds what the allocator model leaves out
             approximate=(["context_bytes"] if source.startswith("GPU table") else []) + ["nvidia_smi_bytes"])
 

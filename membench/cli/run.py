@@ -50,6 +50,8 @@ def print_result(result) -> None:
         figure, "nvml" if backends.measured_on_gpu(result) else "predicted")  # the row that is the answer, if one is
     caption = (backends.describe(result.device, result.target, result.gpu, form="caption")
                + "; a saved tensor is charged to the first module that saves it")
+    if result.provenance.get("extrapolated"):
+        caption += f"; {result.provenance['extrapolation']}"
     if result.loss_kind == "sum":
         caption += ("; loss: a pseudo-loss, the sum of the first output tensor (pass loss_fn for your "
                     "training loss)")
@@ -143,6 +145,7 @@ class RunSettings:
     trainer_args: Path | None = option(None, "the HF Trainer's TrainingArguments (JSON or YAML): batch size, "
                                              "accumulation, bf16/fp16, optim, gradient checkpointing, max length")
     snapshot: Path | None = option(None, "CUDA only: dump a memory_viz snapshot here")
+    exact: bool = option(False, "profile every layer: no exact extrapolation from shallow copies (deep fake runs)")
     out: Path | None = option(None, "write the result as JSON")
     db: Path | None = option(None, "also store the run in this results database")
 
@@ -170,7 +173,8 @@ def run(spec: dict, settings: RunSettings) -> None:
         spec = spec.replace(method=spec.method_spec.with_modifier("ckpt").name)
     spec = spec.validate()
     with progress("profiling") as say:
-        result = profile(spec, snapshot=str(settings.snapshot) if settings.snapshot else None, progress=say)
+        result = profile(spec, snapshot=str(settings.snapshot) if settings.snapshot else None, progress=say,
+                         exact=settings.exact)
     print_result(result)
     if settings.out is not None:
         result.save(str(settings.out))

@@ -35,6 +35,9 @@ class AllocationTrace:
     events: list[tuple[int, int, str]]  # (+1 alloc | -1 free, record id, phase)
     host: set[int] = field(default_factory=set)  # records that live in host memory
     kernel: list[tuple[int, int, str, str, str]] = field(default_factory=list)  # (position, nbytes, kind, label, phase)
+    # what a record is to the step's summary (not to the allocator): "grad" (the first step's gradients), "state"
+    # (optimizer state); the live peaks leave them out as the profiler does (membench.profilers.live.live_peaks)
+    marks: dict[int, str] = field(default_factory=dict)
 
 
 class PhaseFigures(TypedDict):

@@ -52,9 +52,22 @@ class LedgerReport:
     input_bytes: int = 0
     weight_copy_bytes: int = 0
     saves: int = 0  # pack calls seen (before de-duplication)
+    charges: list[tuple[str, str, str, int]] = field(default_factory=list)  # (module, group, phase, bytes), in order
 
     def total(self, phase: str = FORWARD) -> int:
         return sum(v.get(phase, 0) for v in self.by_group.values())
+
+    @classmethod
+    def of_charges(cls, charges: list[tuple[str, str, str, int]], **figures) -> LedgerReport:
+        """The report of charges (module, group, phase, bytes) in the order they were made: rows and modules in
+        order of their first charge. `figures`: input_bytes, weight_copy_bytes, saves."""
+        by_group: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        by_module: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for module, group, phase, nbytes in charges:
+            by_group[group][phase] += nbytes
+            by_module[module][phase] += nbytes
+        return cls(by_group={g: dict(v) for g, v in by_group.items()},
+                   by_module={m: dict(v) for m, v in by_module.items()}, charges=list(charges), **figures)
 
 
 class SavedTensorLedger:
@@ -173,18 +186,9 @@ class SavedTensorLedger:
 
     # ---- results -----------------------------------------------------------
     def report(self) -> LedgerReport:
-        by_group: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        by_module: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for c in self.charges:
-            by_group[c.group][c.phase] += c.nbytes
-            by_module[c.module][c.phase] += c.nbytes
-        return LedgerReport(
-            by_group={g: dict(v) for g, v in by_group.items()},
-            by_module={m: dict(v) for m, v in by_module.items()},
-            input_bytes=self.input_bytes,
-            weight_copy_bytes=self.weight_copy_bytes,
-            saves=self.saves,
-        )
+        return LedgerReport.of_charges([(c.module, c.group, c.phase, c.nbytes) for c in self.charges],
+                                       input_bytes=self.input_bytes, weight_copy_bytes=self.weight_copy_bytes,
+                                       saves=self.saves)
 
 
 def _unpack(t: torch.Tensor) -> torch.Tensor:

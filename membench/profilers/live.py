@@ -130,22 +130,53 @@ class LiveMemoryTracker(TorchDispatchMode):
 
     def peak(self, exclude: set[int] = frozenset(), phases: tuple[str, ...] | None = None) -> Peak:
         """Highest live total over the time line (or the part of it in `phases`)."""
-        cur = best = 0
-        best_phase, best_i = "", -1
-        for i, (sign, rid, phase) in enumerate(self.events):
-            if rid in exclude:
-                continue
-            cur += sign * self.sizes[rid]
-            if cur > best and (phases is None or phase in phases):
-                best, best_phase, best_i = cur, phase, i
-        return Peak(best, best_phase, best_i)
+        return peak(self.sizes, self.events, exclude, phases)
 
     def peaks_by_phase(self, exclude: set[int] = frozenset()) -> dict[str, int]:
-        cur = 0
-        out: dict[str, int] = {}
-        for sign, rid, phase in self.events:
-            if rid in exclude:
-                continue
-            cur += sign * self.sizes[rid]
-            out[phase] = max(out.get(phase, 0), cur)
-        return out
+        return peaks_by_phase(self.sizes, self.events, exclude)
+
+
+# ---- a time line's figures: (sizes, events) as the tracker records them, or as membench.depth synthesizes them ----
+
+
+def peak(sizes: list[int], events, exclude=frozenset(), phases: tuple[str, ...] | None = None) -> Peak:
+    """Highest live total over the time line (or the part of it in `phases`), records in `exclude` left out."""
+    cur = best = 0
+    best_phase, best_i = "", -1
+    for i, (sign, rid, phase) in enumerate(events):
+        if rid in exclude:
+            continue
+        cur += sign * sizes[rid]
+        if cur > best and (phases is None or phase in phases):
+            best, best_phase, best_i = cur, phase, i
+    return Peak(best, best_phase, best_i)
+
+
+def peaks_by_phase(sizes: list[int], events, exclude=frozenset()) -> dict[str, int]:
+    cur = 0
+    out: dict[str, int] = {}
+    for sign, rid, phase in events:
+        if rid in exclude:
+            continue
+        cur += sign * sizes[rid]
+        out[phase] = max(out.get(phase, 0), cur)
+    return out
+
+
+@dataclass
+class LivePeaks:
+    """The step's figures from its time line: activations + temporaries (forward and backward of the first step,
+    gradients and optimizer state left out), their peak per phase, and the first step's peak with its gradients."""
+
+    activation: Peak
+    by_phase: dict[str, int]
+    step_bytes: int
+
+
+def live_peaks(sizes: list[int], events, *, grads: set[int], state: set[int], first_step: list[str]) -> LivePeaks:
+    """`grads`: the first step's gradient records; `state`: the optimizer state's and host memory's; `first_step`:
+    the phases of the first step (its micro-steps too)."""
+    act = peak(sizes, events, exclude=grads | state, phases=("forward", "backward"))
+    step = peak(sizes, events, exclude=state, phases=tuple(first_step)).bytes
+    by_phase = {k: v for k, v in peaks_by_phase(sizes, events, exclude=grads | state).items() if k in first_step}
+    return LivePeaks(act, by_phase, step)

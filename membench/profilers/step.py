@@ -24,7 +24,7 @@ from .. import optimizers
 from ..gpu.predict import first_step_phase
 from .cuda import CudaAllocatorStats
 from .ledger import FORWARD, RECOMPUTE, LedgerReport, SavedTensorLedger
-from .live import LiveMemoryTracker
+from .live import LiveMemoryTracker, live_peaks
 from .nvml import NvmlSampler
 from .weights import attached
 
@@ -98,6 +98,7 @@ class StepProfile:
     optimizer_name: str = ""
     loss_kind: str = ""  # LOSS_KINDS
     paged_bytes: int = 0  # optimizer state in CUDA unified memory (StepPlan.paged_state)
+    marks: dict[int, str] = field(default_factory=dict)  # live records the summary leaves out: "grad", "state"
 
 
 @dataclass
@@ -158,6 +159,7 @@ class _FirstStep:
     loss_value: float | None
     live_end: int
     paged_bytes: int = 0
+    marks: dict = field(default_factory=dict)  # record id -> "grad" | "state" (AllocationTrace.marks)
 
 
 class _Step:
@@ -317,11 +319,11 @@ class _Step:
             # activations + temporaries over forward and backward (the optimizer's own temporaries
             # are in peak_by_phase["optimizer"] and in the step's estimated peak); first step only
             first_step = [p for p in self.ran if first_step_phase(p)]  # its micro-steps too
-            act_peak = tracker.peak(exclude=first.grad_ids | opt_ids, phases=("forward", "backward"))
-            step_peak = tracker.peak(exclude=opt_ids, phases=first_step).bytes
-            by_phase = {k: v for k, v in tracker.peaks_by_phase(exclude=first.grad_ids | opt_ids).items()
-                        if k in first_step}
-            peak_bytes, peak_phase = act_peak.bytes, act_peak.phase
+            peaks = live_peaks(tracker.sizes, tracker.events, grads=first.grad_ids, state=opt_ids,
+                               first_step=first_step)
+            peak_bytes, peak_phase, by_phase = peaks.activation.bytes, peaks.activation.phase, peaks.by_phase
+            step_peak = peaks.step_bytes
+            first.marks = {**dict.fromkeys(first.grad_ids, "grad"), **dict.fromkeys(opt_ids - tracker.host_ids, "state")}
         else:
             peak_bytes, peak_phase, by_phase = report.total(FORWARD), "forward", {}
             step_peak = peak_bytes + first.grad_bytes
@@ -351,6 +353,7 @@ class _Step:
             optimizer_name=type(self.opt).__name__,
             loss_kind=first.loss_kind,
             paged_bytes=first.paged_bytes,
+            marks=first.marks,
         )
 
 

@@ -59,7 +59,7 @@ def profile(model: str | RunSpec | None = None, method: str = "full", *, batch_s
             alloc_conf: str | None = None, context: str | int | None = None, tiny: bool = False,
             grad_accum: int = 1, precision: str | None = None, quant: str | None = None,
             quant_double_quant: bool = False, quant_blocksize: int | None = None,
-            quant_compute_dtype: str | None = None, kbit_ckpt: bool = True) -> RunResult:
+            quant_compute_dtype: str | None = None, kbit_ckpt: bool = True, exact: bool = False) -> RunResult:
     """Profile one training step of a registered backbone with a registered method.
 
     `model`: a RunSpec (membench.spec: the run description; the other run options are then not
@@ -95,16 +95,36 @@ def profile(model: str | RunSpec | None = None, method: str = "full", *, batch_s
                        context=None if context is None else str(context), tiny=tiny, grad_accum=grad_accum,
                        precision=precision, quant=quant, quant_double_quant=quant_double_quant,
                        quant_blocksize=quant_blocksize, quant_compute_dtype=quant_compute_dtype, kbit_ckpt=kbit_ckpt)
-    return run(spec.validate(), snapshot=snapshot, progress=progress, track_live=track_live)
+    return run(spec.validate(), snapshot=snapshot, progress=progress, track_live=track_live, exact=exact)
 
 
 def run(spec: RunSpec, *, snapshot: str | None = None, progress: Callable[[str], None] | None = None,
-        track_live: bool = True) -> RunResult:
-    """profile() of a spec already validated (`spec.validate()`): `fit` checks its spec once, then probes."""
+        track_live: bool = True, exact: bool = False) -> RunResult:
+    """profile() of a spec already validated (`spec.validate()`): `fit` checks its spec once, then probes.
+
+    A deep model on fake tensors is profiled at a few shallow depths and extrapolated exactly
+    (membench.runner.extrapolated), unless `exact`; where that cannot be done exactly, the whole model is
+    profiled. `provenance.extrapolated` says which, `provenance.extrapolation` how or why not."""
+    from ..depth.trace import NotAligned
+    from . import extrapolated as ex
+
+    t0 = time.perf_counter()
+    depth, specs = ex.plan(spec)
+    reason = ex.why_not(spec, depth, exact=exact, track_live=track_live and snapshot is None)
+    if reason is None:
+        try:
+            return ex.profile(spec, depth, specs, progress, t0)
+        except NotAligned as exc:
+            reason = f"profiled in full: the shallow profiles do not extrapolate exactly ({exc})"
+    result = _full(spec, snapshot, progress, track_live, t0)
+    result.provenance.update(extrapolated=False, extrapolation=reason)
+    return result
+
+
+def _full(spec: RunSpec, snapshot, progress, track_live: bool, t0: float) -> RunResult:
     from .module import batch_shape
     from .summary import to_result
 
-    t0 = time.perf_counter()
     step, built, backend, plan, order = _profiled_step(spec, snapshot=snapshot, progress=progress,
                                                        track_live=track_live)
     return to_result(step, order, built.described(), backend, plan=plan, wall_s=time.perf_counter() - t0,

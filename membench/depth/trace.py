@@ -1,4 +1,4 @@
-"""A step's allocation trace at any depth, from the traces of a few shallow copies of the model (no torch).
+"""A step's allocation trace (its time line) at any depth, from the traces of a few shallow copies of the model (no torch).
 
 A transformer's layers are identical, so one more layer inserts the same blocks of events at the same places
 (its forward, its backward, its entries in each optimizer op) and changes nothing else. Measured on llama
@@ -25,7 +25,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from .predict import AllocationTrace
+from ..gpu.predict import AllocationTrace
 
 LEARN = 3  # copies the rules are learned from (depths a+1..a+3); depth a+4 checks them, unseen
 
@@ -39,7 +39,7 @@ class NotAligned(Exception):
 
 @dataclass(frozen=True)
 class Tokens:
-    kinds: list[tuple]  # ("A", size, phase, host) | ("F", size, phase, host) | ("K", nbytes, kind, label, phase)
+    kinds: list[tuple]  # ("A", size, phase, host, mark) | ("F", size, phase, host) | ("K", nbytes, kind, label, phase)
     link: dict[int, int]  # token index of a free -> token index of its allocation
 
 
@@ -56,7 +56,7 @@ def tokens(trace: AllocationTrace) -> Tokens:
         host = rid in trace.host
         if sign > 0:
             born[rid] = len(kinds)
-            kinds.append(("A", trace.sizes[rid], phase, host))
+            kinds.append(("A", trace.sizes[rid], phase, host, trace.marks.get(rid, "")))
         else:
             if rid not in born:
                 raise NotAligned(f"a free of record {rid} without its allocation in the trace")
@@ -72,6 +72,7 @@ def to_trace(t: Tokens, prestep: list[int]) -> AllocationTrace:
     sizes: list[int] = []
     events: list[tuple[int, int, str]] = []
     host: set[int] = set()
+    marks: dict[int, str] = {}
     kernel: list[tuple] = []
     rid_of: dict[int, int] = {}
     for i, tok in enumerate(t.kinds):
@@ -81,12 +82,14 @@ def to_trace(t: Tokens, prestep: list[int]) -> AllocationTrace:
         if tok[0] == "A":
             rid = rid_of[i] = len(sizes)
             sizes.append(tok[1])
+            if tok[4]:
+                marks[rid] = tok[4]
         else:
             rid = rid_of[t.link[i]]
         if tok[3]:
             host.add(rid)
         events.append((1 if tok[0] == "A" else -1, rid, tok[2]))
-    return AllocationTrace(prestep=list(prestep), sizes=sizes, events=events, host=host, kernel=kernel)
+    return AllocationTrace(prestep=list(prestep), sizes=sizes, events=events, host=host, kernel=kernel, marks=marks)
 
 
 # ---- structure: where one more layer inserts its blocks ------------------------------------------------------------
@@ -187,8 +190,12 @@ def _site(coord) -> tuple:
     return ("base", coord[1]) if coord[0] == "base" else ("blk", coord[1], coord[3])
 
 
-def _target(rule: tuple, c: int | None, J: int, boundary: dict) -> tuple:
-    """The coordinate a rule names for a free in copy c (None: a base free) of J copies."""
+def _target(rule: tuple, c: int | None, J: int, boundary: dict, geometry=None) -> tuple:
+    """The coordinate a rule names for a free in copy c (None: a base free) of J copies. A copy number past the ends
+    is the base position the traces showed for it, else (`geometry`: each block's place and length, the base's
+    length) the base position that many blocks before or after the block's place."""
+    if rule[0] == "split":  # the copy next to the base's end (c = J - 1) has its own rule
+        rule = rule[1] if c == J - 1 else rule[2]
     kind = rule[0]
     if kind == "base":
         return ("base", rule[1])
@@ -197,9 +204,15 @@ def _target(rule: tuple, c: int | None, J: int, boundary: dict) -> tuple:
     if 0 <= copy < J:
         return ("blk", i2, copy, o2)
     key = _past(i2, o2, copy, J)
-    if key not in boundary:
-        raise NotAligned(f"a free reaches past the copies ({key}) where no trace showed what it releases")
-    return ("base", boundary[key])
+    if key in boundary:
+        return ("base", boundary[key])
+    if geometry is not None:
+        places, base_len = geometry
+        pos, n = places[i2]
+        at = pos + copy * n + o2 if copy < 0 else pos + (copy - J) * n + o2
+        if 0 <= at < base_len:
+            return ("base", at)
+    raise NotAligned(f"a free reaches past the copies ({key}) where no trace showed what it releases")
 
 
 def _copy_of(rule: tuple, c: int | None, J: int) -> int:
@@ -214,10 +227,24 @@ def _past(i2: int, o2: int, copy: int, J: int) -> tuple:
     return (i2, o2, "lo", copy) if copy < 0 else (i2, o2, "hi", copy - J)
 
 
-def _candidates(site: tuple, c: int | None, J: int, target: tuple) -> list[tuple]:
+def _candidates(site: tuple, c: int | None, J: int, target: tuple, inserts: list) -> list[tuple]:
+    """The rules that name `target` for this observation. A base position may stand for a copy past either end of a
+    block (the diff may put a layer's insertion a layer later than the layer a free reaches back to): those rules
+    are candidates too, with the copy number the position has counted in blocks from the insertion."""
     if target[0] == "base":
-        return [("base", target[1])]
+        out = [("base", target[1])]
+        for i2, (pos, block) in enumerate(inserts):
+            n = len(block)
+            k = (pos - target[1] + n - 1) // n if target[1] < pos else -((target[1] - pos) // n) - 1
+            o2 = target[1] - (pos - k * n) if k > 0 else (target[1] - pos) % n
+            out += _block_rules(site, c, J, i2, o2, -k if k > 0 else J - 1 - k)
+        return out
     _b, i2, c2, o2 = target
+    return _block_rules(site, c, J, i2, o2, c2)
+
+
+def _block_rules(site: tuple, c: int | None, J: int, i2: int, o2: int, c2: int) -> list[tuple]:
+    """The rules that name copy c2 of (block i2, offset o2) for a free in copy c (None: a base free) of J."""
     if site[0] == "blk":
         return [("rel", i2, o2, c2 - c), ("ref", i2, o2, c2 - (J - 1 - c))]
     return [("first", i2, o2, c2), ("last", i2, o2, J - 1 - c2)]
@@ -242,6 +269,7 @@ class DepthModel:
             raise ValueError(f"depth {n} is below the model's {self.depth}")
         kinds, coords = expand(self.base.kinds, self.inserts, J)
         index = {coord: i for i, coord in enumerate(coords)}
+        geometry = ([(pos, len(block)) for pos, block in self.inserts], len(self.base.kinds))
         link = {}
         for i, (tok, coord) in enumerate(zip(kinds, coords, strict=True)):
             if tok[0] != "F":
@@ -250,7 +278,7 @@ class DepthModel:
             rule = self.rules.get(site)
             if rule is None:
                 raise NotAligned(f"no rule for the free at {site}")
-            target = _target(rule, coord[2] if coord[0] == "blk" else None, J, self.boundary)
+            target = _target(rule, coord[2] if coord[0] == "blk" else None, J, self.boundary, geometry)
             if target not in index:
                 raise NotAligned(f"the free at {coord} names {target}, which is not in the trace")
             link[i] = index[target]
@@ -280,7 +308,7 @@ def fit_depth(traces: dict[int, AllocationTrace]) -> DepthModel:
             c = coords[f][2] if coords[f][0] == "blk" else None
             seen.setdefault(_site(coords[f]), []).append((c, J, coords[alloc]))
     boundary: dict[tuple, int] = {}
-    rules = {site: _pick(site, obs, boundary) for site, obs in seen.items()}
+    rules = {site: _pick(site, obs, boundary, inserts) for site, obs in seen.items()}
     model = DepthModel(a, toks[a], inserts, rules, boundary, traces[a].prestep, pre_inserts)
     for J in range(1, LEARN + 2):  # every trace rebuilt exactly; the deepest one was not used to learn the rules
         if model.tokens(a + J).link != toks[a + J].link:
@@ -288,16 +316,37 @@ def fit_depth(traces: dict[int, AllocationTrace]) -> DepthModel:
     return model
 
 
-def _pick(site: tuple, observations: list, boundary: dict) -> tuple:
+def _pick(site: tuple, observations: list, boundary: dict, inserts: list) -> tuple:
     """The rule that explains every observation (copy, copies, target) of the free at `site`, recording in
-    `boundary` what a copy number past the ends stands for."""
-    candidates = {rule for c, J, target in observations for rule in _candidates(site, c, J, target)}
+    `boundary` what a copy number past the ends stands for. Where no one rule does, the copy next to the base's end
+    (c = J - 1: its neighbour is the base's layer, not a copy) may have its own: ("split", its rule, the others')."""
+    rule = _one_rule(site, observations, boundary, inserts)
+    if rule is not None:
+        return rule
+    if site[0] == "blk":
+        last = [o for o in observations if o[0] == o[1] - 1]
+        others = [o for o in observations if o[0] != o[1] - 1]
+        rules = [_one_rule(site, part, boundary, inserts) for part in (last, others)]
+        if others and None not in rules:
+            return ("split", *rules)
+    raise NotAligned(f"no rule explains the free at {site}")
+
+
+def _one_rule(site: tuple, observations: list, boundary: dict, inserts: list) -> tuple | None:
+    """The simplest rule that explains every observation: the fewest copy numbers past the ends (each stands for a
+    base position, a fact the rule did not derive), then a copy before a fixed base position."""
+    candidates = {rule for c, J, target in observations for rule in _candidates(site, c, J, target, inserts)}
+    best = None
     for rule in sorted(candidates, key=lambda r: (r[0] == "base", str(r))):
         found: dict = {}
         if all(_explains(rule, c, J, target, boundary, found) for c, J, target in observations):
-            boundary.update(found)
-            return rule
-    raise NotAligned(f"no rule explains the free at {site}")
+            past = 0 if rule[0] == "base" else sum(not 0 <= _copy_of(rule, c, J) < J for c, J, _t in observations)
+            if best is None or past < best[0]:
+                best = (past, rule, found)
+    if best is None:
+        return None
+    boundary.update(best[2])
+    return best[1]
 
 
 def _explains(rule: tuple, c: int | None, J: int, target: tuple, boundary: dict, found: dict) -> bool:

@@ -9,7 +9,7 @@ import pytest
 
 from membench.backbones import FAMILIES
 from membench.backbones.tiny import tiny
-from membench.gpu.depth import LEARN, NotAligned, fit_depth
+from membench.depth.trace import LEARN, NotAligned, fit_depth
 from membench.gpu.predict import predict
 from membench.runner import allocation_trace
 from membench.spec import RunSpec
