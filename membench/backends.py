@@ -261,7 +261,9 @@ class Backend:
         """The step's time line (membench.gpu.predict.AllocationTrace): every allocation and free the live tracker
         saw up to the step's end, the kernels' own allocations on a CUDA target, and which records are gradients
         and optimizer state; None without the live tracker. The allocator model replays it; membench.depth
-        extrapolates it."""
+        extrapolates it (a step extrapolated to a deeper model holds the time line synthesized for it)."""
+        if step.trace is not None:
+            return step.trace
         if step.live is None:
             return None
         from .gpu.predict import AllocationTrace
@@ -271,7 +273,7 @@ class Backend:
                                host=live.host_ids, kernel=self.kernel.events if self.kernel is not None else [],
                                marks=step.marks)
 
-    def predicted_cuda(self, step, trace=None) -> PredictedCuda | None:
+    def predicted_cuda(self, step) -> PredictedCuda | None:
         """The allocator model's figures for the step (CUDA targets), else None."""
         return None
 
@@ -378,10 +380,9 @@ class _CudaTarget(Backend):
         self.kernel = KernelAllocations(self.target.gpu)
         return [self.kernel]
 
-    def predicted_cuda(self, step, trace=None) -> PredictedCuda | None:
-        """Replay the step's allocations (`trace`: the step's own by default, or one membench.depth synthesized for
-        it) through the allocator model."""
-        trace = self.allocation_trace(step) if trace is None else trace
+    def predicted_cuda(self, step) -> PredictedCuda | None:
+        """Replay the step's allocations through the allocator model."""
+        trace = self.allocation_trace(step)
         if trace is None:
             return None
         from .gpu.predict import predict

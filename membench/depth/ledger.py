@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .trace import LEARN, NotAligned, _periodic, expand
+from .trace import LEARN, NotAligned, Undetermined, expand, periodic
 
 Charge = tuple[str, str, str, int]  # (module, group, phase, bytes)
 
@@ -76,15 +76,19 @@ class ChargesModel:
 
 
 def fit_charges(charges: dict[int, list[Charge]], layers: Layers) -> ChargesModel:
-    """The ChargesModel of the charges at LEARN + 2 consecutive depths; NotAligned where they do not extrapolate."""
+    """The ChargesModel of the charges at consecutive depths (as membench.depth.trace.fit_depth's: the deepest checks
+    what the others taught); NotAligned where they do not extrapolate."""
     depths = sorted(charges)
     a = depths[0]
+    learn = len(depths) - 2
+    if learn < LEARN:
+        raise NotAligned(f"charges at {LEARN + 2} or more depths are needed, got {depths}")
     toks = {d: _by_layer([layers.token(c) for c in charges[d]]) for d in depths}
     kinds = {d: [t for t, _ in toks[d]] for d in depths}
-    inserts = _periodic(kinds[a], [kinds[a + J] for J in range(1, LEARN + 2)], "saved tensors")
+    inserts = periodic(kinds[a], [kinds[a + J] for J in range(1, learn + 2)], "saved tensors")
     base_index = [i for _, i in toks[a]]
     seen: dict[tuple, list] = {}
-    for J in range(1, LEARN + 1):
+    for J in range(1, learn + 1):
         _items, coords = expand(kinds[a], inserts, J)
         for coord, (_tok, index) in zip(coords, toks[a + J], strict=True):
             if index is None:
@@ -93,9 +97,9 @@ def fit_charges(charges: dict[int, list[Charge]], layers: Layers) -> ChargesMode
             seen.setdefault(site, []).append((coord, J, index))
     rules = {site: _pick(site, obs, base_index) for site, obs in seen.items()}
     model = ChargesModel(a, layers, kinds[a], inserts, rules, base_index)
-    for J in range(1, LEARN + 2):  # every depth rebuilt; the deepest was not used to learn the rules
+    for J in range(1, learn + 2):  # every depth rebuilt; the deepest was not used to learn the rules
         if model.charges(a + J) != charges[a + J]:
-            raise NotAligned(f"the layer numbers of the saved tensors do not rebuild depth {a + J}")
+            raise Undetermined(f"the layer numbers of the saved tensors do not rebuild depth {a + J}")
     return model
 
 

@@ -27,11 +27,16 @@ from dataclasses import dataclass
 
 from ..gpu.predict import AllocationTrace
 
-LEARN = 3  # copies the rules are learned from (depths a+1..a+3); depth a+4 checks them, unseen
+LEARN = 3  # the fewest copies the rules are learned from (depths a+1..a+3); one more depth checks them, unseen
 
 
 class NotAligned(Exception):
     """The shallow traces do not extrapolate exactly (the reason is the message)."""
+
+
+class Undetermined(NotAligned):
+    """The structure aligns, but the depths given do not determine every free's rule: one more depth may (a free that
+    reaches back further than the copies learned from)."""
 
 
 # ---- tokens: a trace as one sequence (events and kernel allocations), frees linked to their allocations -----------
@@ -127,7 +132,7 @@ def expand(base: list, inserts: list[tuple[int, list]], copies: int) -> tuple[li
     return items, coords
 
 
-def _periodic(base: list, deeper: list[list], what: str) -> list[tuple[int, list]]:
+def periodic(base: list, deeper: list[list], what: str) -> list[tuple[int, list]]:
     """The insertions that turn `base` into each of `deeper` (1, 2, 3 more layers) as copies.
 
     A layer's part of a place can itself be several parts: in an optimizer op over all parameters, each layer
@@ -165,7 +170,7 @@ def _one_block(base: list, deeper: list[list]) -> list[tuple[int, list]]:
         block = deeper[0][at:at + grow]
         if all(base[:at] + block * J + base[at:] == deeper[J - 1] for J in range(1, len(deeper) + 1)):
             return [(at, block)]
-    return _periodic(base, deeper, "parameters")  # several places (a quantized weight's scales come after the
+    return periodic(base, deeper, "parameters")  # several places (a quantized weight's scales come after the
     # parameters; two stacks that grow together): as the events
 
 
@@ -212,7 +217,7 @@ def _target(rule: tuple, c: int | None, J: int, boundary: dict, geometry=None) -
         at = pos + copy * n + o2 if copy < 0 else pos + (copy - J) * n + o2
         if 0 <= at < base_len:
             return ("base", at)
-    raise NotAligned(f"a free reaches past the copies ({key}) where no trace showed what it releases")
+    raise Undetermined(f"a free reaches past the copies ({key}) where no trace showed what it releases")
 
 
 def _copy_of(rule: tuple, c: int | None, J: int) -> int:
@@ -290,19 +295,20 @@ class DepthModel:
 
 
 def fit_depth(traces: dict[int, AllocationTrace]) -> DepthModel:
-    """The DepthModel of traces at LEARN + 2 consecutive depths a..a+LEARN+1; NotAligned (with why) where they do
-    not extrapolate exactly."""
+    """The DepthModel of traces at consecutive depths a..a+L+1 (L >= LEARN: the rules learn from a+1..a+L, and the
+    deepest checks them); NotAligned (with why) where they do not extrapolate exactly."""
     depths = sorted(traces)
     a = depths[0]
-    if depths != [a + j for j in range(LEARN + 2)]:
-        raise NotAligned(f"traces at {LEARN + 2} consecutive depths are needed, got {depths}")
+    learn = len(depths) - 2
+    if learn < LEARN or depths != [a + j for j in range(learn + 2)]:
+        raise NotAligned(f"traces at {LEARN + 2} or more consecutive depths are needed, got {depths}")
     toks = {d: tokens(traces[d]) for d in depths}
-    inserts = _periodic(toks[a].kinds, [toks[a + J].kinds for J in range(1, LEARN + 2)], "events")
+    inserts = periodic(toks[a].kinds, [toks[a + J].kinds for J in range(1, learn + 2)], "events")
     if not inserts:
         raise NotAligned("one more layer adds no event")
-    pre_inserts = _one_block(traces[a].prestep, [traces[a + J].prestep for J in range(1, LEARN + 2)])
+    pre_inserts = _one_block(traces[a].prestep, [traces[a + J].prestep for J in range(1, learn + 2)])
     seen: dict[tuple, list] = {}  # free site -> every (copy, copies, target) the learning depths show
-    for J in range(1, LEARN + 1):
+    for J in range(1, learn + 1):
         _kinds, coords = expand(toks[a].kinds, inserts, J)
         for f, alloc in toks[a + J].link.items():
             c = coords[f][2] if coords[f][0] == "blk" else None
@@ -310,9 +316,9 @@ def fit_depth(traces: dict[int, AllocationTrace]) -> DepthModel:
     boundary: dict[tuple, int] = {}
     rules = {site: _pick(site, obs, boundary, inserts) for site, obs in seen.items()}
     model = DepthModel(a, toks[a], inserts, rules, boundary, traces[a].prestep, pre_inserts)
-    for J in range(1, LEARN + 2):  # every trace rebuilt exactly; the deepest one was not used to learn the rules
+    for J in range(1, learn + 2):  # every trace rebuilt exactly; the deepest one was not used to learn the rules
         if model.tokens(a + J).link != toks[a + J].link:
-            raise NotAligned(f"the rules do not rebuild the frees of depth {a + J}")
+            raise Undetermined(f"the rules do not rebuild the frees of depth {a + J}")
     return model
 
 
@@ -329,7 +335,7 @@ def _pick(site: tuple, observations: list, boundary: dict, inserts: list) -> tup
         rules = [_one_rule(site, part, boundary, inserts) for part in (last, others)]
         if others and None not in rules:
             return ("split", *rules)
-    raise NotAligned(f"no rule explains the free at {site}")
+    raise Undetermined(f"no rule explains the free at {site}")
 
 
 def _one_rule(site: tuple, observations: list, boundary: dict, inserts: list) -> tuple | None:

@@ -99,6 +99,7 @@ class StepProfile:
     loss_kind: str = ""  # LOSS_KINDS
     paged_bytes: int = 0  # optimizer state in CUDA unified memory (StepPlan.paged_state)
     marks: dict[int, str] = field(default_factory=dict)  # live records the summary leaves out: "grad", "state"
+    trace: Any = None  # a time line synthesized for this step (membench.depth), in place of the live tracker's
 
 
 @dataclass

@@ -14,14 +14,17 @@ device measures the model it runs.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 
 from ..depth.ledger import Layers, affine, fit_charges
-from ..depth.trace import LEARN, NotAligned, _periodic, expand, fit_depth
+from ..depth.trace import LEARN, NotAligned, Undetermined, expand, fit_depth, periodic
+from ..errors import UserError
 from ..spec import RunSpec
 
 SHALLOW = 2  # the base depth: depth 1 does not align for some methods (checkpointed llama: a free's rule)
 DEPTHS = LEARN + 2  # profiles: the base, LEARN to learn from, one to check
+MORE = 1  # profiles added where those do not determine every rule (Undetermined): a free reaching further back
 # A profile costs about 3 layers' time besides its layers (building, embeddings, head, loss: measured on
 # llama-2-7b lora b8 s512), so the shallow profiles cost what a full one of this many layers does:
 OVERHEAD_LAYERS = 3
@@ -64,7 +67,8 @@ def plan(spec: RunSpec) -> tuple[int, dict[int, RunSpec]]:
     aliases = dict(getattr(config, "attribute_map", {}))
     counts = {int(getattr(config, k, 0) or 0) for k in keys}
     kept = {k: v for k, v in spec.overrides.items() if k not in keys and aliases.get(k) not in keys}
-    specs = {d: spec.replace(overrides={**kept, **dict.fromkeys(keys, d)}) for d in range(SHALLOW, SHALLOW + DEPTHS)}
+    specs = {d: spec.replace(overrides={**kept, **dict.fromkeys(keys, d)})
+             for d in range(SHALLOW, SHALLOW + DEPTHS + MORE)}
     return (counts.pop() if len(counts) == 1 else 0), specs
 
 
@@ -88,13 +92,28 @@ def profile(spec: RunSpec, depth: int, specs: dict[int, RunSpec], progress=None,
     """The RunResult of `spec` (`depth` layers) from profiles of `specs` (membench.runner.run's, when `plan` and
     `why_not` say so); NotAligned where that cannot be exact."""
     t0 = time.perf_counter() if t0 is None else t0
-    shallow = profile_shallow(specs, depth, progress)
+    say = progress or (lambda _msg: None)
+    shallow = profile_shallow(dict(list(specs.items())[:DEPTHS]), depth, progress)
     check_structure(spec, shallow, depth)
-    (progress or (lambda _msg: None))(f"extrapolating to {depth} layers")
-    result = extrapolate(shallow, spec, depth, t0)
+    say(f"extrapolating to {depth} layers")
+    result = extrapolate_from(shallow, specs, spec, depth, progress, t0)
     result.provenance.update(extrapolated=True, extrapolation=f"{depth} layers from profiles at depths "
-                             f"{min(specs)}-{max(specs)}, exact (--exact profiles them all)")
+                             f"{min(shallow)}-{max(shallow)}, exact (--exact profiles them all)")
     return result
+
+
+def extrapolate_from(shallow: dict[int, Shallow], specs: dict[int, RunSpec], spec: RunSpec, depth: int, progress=None,
+                     t0: float = 0.0):
+    """extrapolate(), after profiling the rest of `specs` too (added to `shallow`) where the first profiles leave a
+    rule undetermined: one more depth to learn from, the rules still checked on the deepest, unseen."""
+    try:
+        return extrapolate(shallow, spec, depth, t0)
+    except Undetermined:
+        more = {d: s for d, s in specs.items() if d not in shallow}
+        if not more:
+            raise
+        shallow.update(profile_shallow(more, depth, progress))
+        return extrapolate(shallow, spec, depth, t0)
 
 
 def profile_shallow(specs: dict[int, RunSpec], depth: int, progress=None) -> dict[int, Shallow]:
@@ -107,7 +126,10 @@ def profile_shallow(specs: dict[int, RunSpec], depth: int, progress=None) -> dic
     shallow = {}
     for i, (d, shallow_spec) in enumerate(specs.items(), 1):
         say(f"profiling {d} of {depth} layers ({i}/{len(specs)}; extrapolated exactly from these)")
-        step, built, backend, plan, order = _profiled_step(shallow_spec)
+        try:
+            step, built, backend, plan, order = _profiled_step(shallow_spec)
+        except UserError as exc:  # (MEFT's frozen_bottom=8 on 2 layers): the full model may still be valid
+            raise NotAligned(f"a {d}-layer copy cannot be built ({exc})") from None
         if layer_count(built.family, built.config) != d * len(built.family.num_layers_key(built.config)):
             raise NotAligned(f"the overrides do not make a {d}-layer model")
         layers = layer_paths(built.model, built.family, built.base)
@@ -131,7 +153,7 @@ def check_structure(spec: RunSpec, shallow: dict[int, Shallow], depth: int) -> N
     a = depths[0]
     if any(shallow[d].structure[1] != full[1] for d in depths):
         raise NotAligned("the parts outside the layers differ with the depth")
-    inserts = _periodic(shallow[a].structure[0], [shallow[d].structure[0] for d in depths[1:]], "layers")
+    inserts = periodic(shallow[a].structure[0], [shallow[d].structure[0] for d in depths[1:]], "modules")
     if expand(shallow[a].structure[0], inserts, depth - a)[0] != full[0]:
         raise NotAligned(f"the {depth}-layer model's layers are not the shallow ones' repeated (one differs)")
 
@@ -153,11 +175,11 @@ def structure(model, layers: Layers) -> tuple[list, tuple]:
     return [tuple(v) for v in per_layer.values()], tuple(rest)
 
 
-_INDEX = {"layer_idx", "layer_index", "layer_id", "idx", "index"}  # a layer's own number: differs by design
+_INDEX = re.compile(r"(^|_)(idx|index|id)$")  # a layer's own number (layer_idx, meft_index): differs by design
 
 
 def _signature(name: str, m, attached) -> tuple:
-    plain = tuple(sorted((k, v) for k, v in vars(m).items() if k not in _INDEX and not k.startswith("_")
+    plain = tuple(sorted((k, v) for k, v in vars(m).items() if not _INDEX.search(k) and not k.startswith("_")
                          and (v is None or isinstance(v, int | float | str | bool))))
     own = tuple(sorted((k, getattr(v, "__qualname__", type(v).__name__)) for k, v in vars(m).items()
                        if k in ("forward", "__call__")))
@@ -224,13 +246,12 @@ def extrapolate(shallow: dict[int, Shallow], spec: RunSpec, depth: int, t0: floa
         peak_activation_bytes=peaks.activation.bytes, peak_phase=peaks.activation.phase, peak_by_phase=peaks.by_phase,
         estimated_peak_bytes=(grow["param_bytes"] + grow["buffer_bytes"] + grow["input_bytes"]
                               + grow["optimizer_bytes"] + peaks.step_bytes),
-        prestep_bytes=trace.prestep, live=None, marks=trace.marks, **grow)
+        prestep_bytes=trace.prestep, live=None, marks=trace.marks, trace=trace, **grow)
     result = to_result(step, _order(first.order, first.layers, depth), spec.replace(
         model=first.described.model, seq_len=first.described.seq_len, method_options=first.described.method_options),
         first.backend, plan=first.plan, wall_s=time.perf_counter() - t0,
         extra={"config": _config(shallow, model_config(spec).to_dict()), "pretrained": spec.pretrained},
-        input_shape=first.input_shape,
-        trace=trace)
+        input_shape=first.input_shape)
     if result.predicted_cuda is not None:
         keys = {k for d in depths for k in shallow[d].sdpa}
         sdpa = {k: affine({d: shallow[d].sdpa.get(k, 0) for d in depths}, f"SDPA calls ({k})")(depth) for k in keys}

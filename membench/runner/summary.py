@@ -11,13 +11,12 @@ from ..spec import RunSpec
 
 
 def to_result(step, order: list[str] | None, spec: RunSpec, backend: Backend, *, plan=None, wall_s: float,
-              extra: dict | None = None, input_shape=(), trace=None) -> RunResult:
+              extra: dict | None = None, input_shape=()) -> RunResult:
     """The RunResult of `step` (membench.profilers.step) run as `spec` describes on `backend`.
 
     `order`: the report's rows (named rows stay, at 0 B); `plan`: the StepPlan it ran with (None: the
     caller's own optimizer, no emulation: the device's own figures); `extra`: provenance entries
-    (`config`: the transformers config as a dict); `trace`: the allocations the allocator model replays
-    (default: the step's own; membench.runner.extrapolated gives one synthesized for a deeper model)."""
+    (`config`: the transformers config as a dict)."""
     from ..provenance import provenance
 
     by_group = step.ledger.by_group
@@ -49,7 +48,7 @@ def to_result(step, order: list[str] | None, spec: RunSpec, backend: Backend, *,
         peak_by_phase=step.peak_by_phase, attn=spec.attn, overrides=dict(spec.overrides),
         method_options=spec.method_options, modules=modules, cuda=step.cuda, nvml=step.nvml, loss=step.loss,
         wall_s=round(wall_s, 3), target=target.kind, gpu=target.gpu_name,
-        predicted_cuda=backend.predicted_cuda(step, trace) if plan is not None else None,
+        predicted_cuda=backend.predicted_cuda(step) if plan is not None else None,
         optimizer=plan.optimizer_name if plan is not None else step.optimizer_name, loss_kind=step.loss_kind,
         input_shape=list(input_shape), grad_accum=spec.grad_accum, precision=spec.training_precision.name,
         quant=spec.quantized.label if spec.quant else "",
