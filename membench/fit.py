@@ -10,6 +10,13 @@ context stays within the GPU's memory less the headroom:
 Memory grows about linearly in b, so the search aims each probe where the line through
 the costs known so far meets the budget (`search_batch`): typically four profiles per row
 (b = 1, 8, the estimate and its neighbour) instead of one per batch size.
+
+Each probe is a replay, not a profile, where the row's shallow profiles allow it
+(membench.runner.extrapolated.replays: profiles at depths 2-6 at batch size 2, depth 3 at 3 and
+4; every size affine in the batch size, checked): milliseconds per batch size. The answer is
+then checked by profiles at the answer and the next batch size, which must equal the model's
+prediction event for event; where anything does not align, the row's probes are profiles
+(`Search(exact=True)` always: `membench fit --exact`). `FitRow.searched` says which.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from .errors import UserError
 from .spec import RunSpec
 
 # of `membench fit --out`'s JSON (a run's JSON has its own: membench.result). 2: the file's "quant" (the base of
-# --quant) and each row's "quant" (its base: --quants; "" plain)
-SCHEMA_VERSION = 2
+# --quant) and each row's "quant" (its base: --quants; "" plain). 3: each row's "searched" (replays | profiles) and
+# "note" (why profiles)
+SCHEMA_VERSION = 3
 Probed = Callable[[str, int, int, int, bool], None]  # (method, seq, batch, predicted peak bytes, fits)
 
 
@@ -43,6 +51,8 @@ class FitRow:
     over_by_bytes: int | None = None  # reserved + context - budget at the first failing batch size
     probes: dict[int, int] = field(default_factory=dict)  # batch size -> predicted reserved bytes
     quant: str = ""  # the quantized base of the row's runs (membench.quant.Quant.label); "": none
+    searched: str = "profiles"  # "replays" (every probe replayed, the answer checked by profiles) or "profiles"
+    note: str = ""  # why the probes were profiles (--exact, or what did not align)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -123,6 +133,17 @@ def search_batch(cost: Callable[[int], int], limit: int, max_batch_size: int) ->
 
 
 @dataclass(frozen=True)
+class Search:
+    """How far and how a fit searches: up to `max_batch_size`; `jobs` profiles at once, each in a worker process,
+    while every row's search goes on (default: one per CPU core, at most one per row; 1 searches row by row here,
+    in this process); `exact`: every probe a profile (no replays)."""
+
+    max_batch_size: int = 4096
+    jobs: int | None = None
+    exact: bool = False
+
+
+@dataclass(frozen=True)
 class FitTask:
     """What every probe of a fit shares: the run description (fake, CUDA target on the GPU), the budget."""
 
@@ -130,6 +151,7 @@ class FitTask:
     limit: int  # bytes a step may use, the context included
     context: int  # the CUDA context's bytes
     max_batch_size: int
+    exact: bool = False  # every probe a profile of the whole model (no replays, no depth extrapolation)
 
     def probe(self, method: str, seq: int, batch_size: int, quant: str | None = None) -> RunSpec:
         return with_quant(self.spec, quant).replace(method=method, seq_len=seq, batch_size=batch_size)
@@ -159,7 +181,7 @@ class Watch:
 
 
 def fit(spec: RunSpec, methods: list[str], *, seq_lens: list[int | None], headroom: float = 0.05,
-        max_batch_size: int = 4096, jobs: int | None = None, watch: Watch | None = None,
+        search: Search | None = None, watch: Watch | None = None,
         quants: list[str | None] | None = None) -> list[FitRow]:
     """One FitRow per (method, sequence length, quantized base): the largest batch size predicted to fit on
     `spec.gpu`. `quants`: the bases to compare (None: the plain one); default: `spec`'s own.
@@ -168,15 +190,15 @@ def fit(spec: RunSpec, methods: list[str], *, seq_lens: list[int | None], headro
     optimizer, allocator options, overrides and `context`, the CUDA context on top of max reserved:
     default the GPU table's typical figure); its method and batch size are the search's. It is checked
     once, here, not at every probe. `seq_lens`: [None] is the model's default (an image model: its patches + 1).
-    `jobs`: profiles run at once, each in a worker process, while every row's search goes on
-    (default: one per CPU core, at most one per row; 1 searches row by row here, in this process).
+    `search`: how far and how (Search: the largest batch size, worker processes, replays or not).
     `watch`: what is running and each probe as it ends (Watch)."""
     from . import backbones
     from . import methods as registry
     from .gpu import specs
 
-    watch = watch or Watch()
+    watch, search = watch or Watch(), search or Search()
     say, probed = watch.progress or (lambda _msg: None), watch.probed
+    max_batch_size, jobs = search.max_batch_size, search.jobs
     gpu = specs.get(spec.gpu or specs.DEFAULT_GPU).name
     limit, context = budget(gpu, headroom, spec.context)
     if not methods:
@@ -215,11 +237,11 @@ def fit(spec: RunSpec, methods: list[str], *, seq_lens: list[int | None], headro
     if too_long:
         raise UserError(f"sequence length {too_long[0]} is longer than {spec.model}'s {positions} positions")
 
-    task = FitTask(spec, limit, context, max_batch_size)
+    task = FitTask(spec, limit, context, max_batch_size, search.exact)
     keys = [(method, seq, q, labels[q]) for q in quants for method in methods for seq in seq_lens]
     jobs = min(jobs or os.cpu_count() or 1, len(keys))
     if jobs == 1:
-        return [_search_row(key, task, say, probed=probed) for key in keys]
+        return [_row(key, task, say, probed) for key in keys]
     return _in_workers(keys, task, jobs, say, probed)
 
 
@@ -234,10 +256,55 @@ def _reserved(method: str, seq: int, b: int, task: FitTask, quant: str | None = 
     from .runner import InputsTooLarge, run
 
     try:
-        r = run(task.probe(method, seq, b, quant))  # the task's spec was checked once, in fit()
+        r = run(task.probe(method, seq, b, quant), exact=task.exact)  # the task's spec was checked once, in fit()
     except InputsTooLarge as exc:  # the inputs alone exceed the GPU's memory: b does not fit (a lower bound)
         return exc.needed_bytes
     return r.predicted_cuda.max_reserved_bytes
+
+
+def _row(key: tuple, task: FitTask, say: Callable[[str], None], probed: Probed | None = None) -> FitRow:
+    """One row, here: over replays where they apply, else over profiles (the row's note says why)."""
+    row, note = _replays_or_why(key, task, say, probed)
+    if row is None:
+        row = _search_row(key, task, say, probed=probed)
+        row.note = note
+    return row
+
+
+def _replays_or_why(key: tuple, task: FitTask, say: Callable[[str], None] | None = None,
+                    probed: Probed | None = None) -> tuple[FitRow | None, str]:
+    """The row's search over replays (membench.runner.extrapolated.replays), its answer checked by profiles; or
+    None and why not (`--exact`, or what does not align)."""
+    from .depth.trace import NotAligned
+    from .runner import extrapolated
+
+    if task.exact:
+        return None, "--exact: every probe a profile of the whole model"
+    say = say or (lambda _msg: None)
+    method, seq, quant, label = key
+    name = _row_label(method, label)
+    spec = task.probe(method, seq, extrapolated.BATCHES[0], quant)
+    try:
+        depth, _specs = extrapolated.plan(spec)
+        if depth < extrapolated.REPLAYS_FROM:
+            return None, (f"{depth} layers: its profiles are as quick as the shallow ones replays need "
+                          f"(from {extrapolated.REPLAYS_FROM} layers)")
+        say(f"{name} s{seq}: shallow profiles")
+        replays = extrapolated.replays(spec, progress=lambda msg: say(f"{name} s{seq}: {msg}"))
+        low = extrapolated.BATCHES[0]  # below it a batch can run other ops (batch size 1: a view, not a copy)
+
+        def reserved(b: int) -> int:
+            return replays.reserved(b) if b >= low else _reserved(method, seq, b, task, quant)
+
+        row = _search_row(key, task, say, reserved=reserved, probed=probed)
+        for b in (row.max_batch_size, row.first_failing_batch_size):  # the answer, checked
+            if b and b >= low:
+                say(f"{name} s{seq}: checking batch size {b} with a profile")
+                replays.check(b)
+    except NotAligned as exc:
+        return None, f"replays do not apply ({exc}): every probe a profile"
+    row.searched = "replays"
+    return row, ""
 
 
 def _search_row(key: tuple, task: FitTask, say: Callable[[str], None],
@@ -293,9 +360,17 @@ def _in_workers(keys: list[tuple], task: FitTask, jobs: int, say: Callable[[str]
     with ProcessPoolExecutor(jobs, mp_context=ctx) as pool, ThreadPoolExecutor(len(keys)) as rows:
         def search(key: tuple) -> FitRow:
             method, seq, quant, label = key
-            row = _search_row(key, task, tell,
-                              reserved=lambda b: pool.submit(_reserved, method, seq, b, task, quant).result(),
-                              probed=one_at_a_time if probed is not None else None)
+            tell(f"{_row_label(method, label)} s{seq}: shallow profiles and replays")
+            row, note = pool.submit(_replays_or_why, key, task).result()
+            if row is not None and probed is not None:
+                for b, reserved in row.probes.items():
+                    one_at_a_time(_row_label(method, label), seq, b, reserved + task.context,
+                                  reserved + task.context <= task.limit)
+            if row is None:
+                row = _search_row(key, task, tell,
+                                  reserved=lambda b: pool.submit(_reserved, method, seq, b, task, quant).result(),
+                                  probed=one_at_a_time if probed is not None else None)
+                row.note = note
             with lock:
                 latest.pop(f"{_row_label(method, label)} s{seq}", None)
             return row

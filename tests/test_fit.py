@@ -10,7 +10,7 @@ import pytest
 from membench import profile
 from membench.backbones.tiny import tiny
 from membench.errors import UserError
-from membench.fit import budget, fit, search_batch
+from membench.fit import Search, budget, fit, search_batch
 from membench.gpu import specs
 from membench.spec import RunSpec
 
@@ -83,7 +83,7 @@ def test_fit_agrees_with_the_profiles_it_rests_on():
     found fits by its own profile, the next one does not, and the row says by how much."""
     model, ov = tiny("opt", layers=2, hidden=128, heads=2)
     rows = fit(RunSpec(model=model, gpu="v100-32gb", dtype="fp32", overrides=ov), ["full", "meft1"], seq_lens=[128],
-               headroom=0.988, jobs=1)
+               headroom=0.988, search=Search(jobs=1))
     assert [(r.method, r.seq_len) for r in rows] == [("full", 128), ("meft1", 128)]
     limit, context = budget("v100-32gb", 0.988)
     for r in rows:
@@ -117,8 +117,8 @@ def test_a_probe_whose_inputs_exceed_the_gpu_does_not_fit():
 def test_fit_in_worker_processes_gives_the_same_rows():
     model, ov = tiny("opt", layers=2)
     spec, kw = RunSpec(model=model, gpu="v100-32gb", dtype="fp32", overrides=ov), dict(seq_lens=[64], headroom=0.99)
-    here = fit(spec, ["full", "lora"], jobs=1, **kw)
-    there = fit(spec, ["full", "lora"], jobs=2, **kw)
+    here = fit(spec, ["full", "lora"], search=Search(jobs=1), **kw)
+    there = fit(spec, ["full", "lora"], search=Search(jobs=2), **kw)
     assert [r.to_dict() for r in here] == [r.to_dict() for r in there]
 
 
@@ -196,8 +196,8 @@ def test_fit_searches_the_micro_batch_at_an_accumulation(cli, tmp_path):
     forward: the largest micro-batch is at most the plain step's, and its own profile (x4) fits."""
     model, ov = tiny("opt", layers=2, hidden=128, heads=2)
     spec = RunSpec(model=model, gpu="v100-32gb", dtype="fp32", overrides=ov)
-    plain = fit(spec, ["full"], seq_lens=[128], headroom=0.988, jobs=1)[0]
-    accum = fit(spec.replace(grad_accum=4), ["full"], seq_lens=[128], headroom=0.988, jobs=1)[0]
+    plain = fit(spec, ["full"], seq_lens=[128], headroom=0.988, search=Search(jobs=1))[0]
+    accum = fit(spec.replace(grad_accum=4), ["full"], seq_lens=[128], headroom=0.988, search=Search(jobs=1))[0]
     assert 1 <= accum.max_batch_size <= plain.max_batch_size
     r = profile(model, "full", batch_size=accum.max_batch_size, seq_len=128, dtype="fp32", device="fake",
                 gpu="v100-32gb", overrides=ov, grad_accum=4)
@@ -221,7 +221,7 @@ def test_fit_compares_quantized_bases_row_by_row(cli, tmp_path):
     pytest.importorskip("bitsandbytes")
     model, ov = tiny("llama", layers=2, hidden=128, heads=2)
     spec = RunSpec(model=model, gpu="v100-32gb", dtype="fp16", overrides=ov, quant_double_quant=True, kbit_ckpt=False)
-    rows = fit(spec, ["lora", "meft1"], seq_lens=[128], headroom=0.988, jobs=1, quants=[None, "nf4"])
+    rows = fit(spec, ["lora", "meft1"], seq_lens=[128], headroom=0.988, search=Search(jobs=1), quants=[None, "nf4"])
     assert [(r.method, r.quant) for r in rows] == [("lora", ""), ("meft1", ""), ("lora", "nf4+dq"),
                                                    ("meft1", "nf4+dq")]
     for r in rows:
@@ -241,3 +241,42 @@ def test_fit_compares_quantized_bases_row_by_row(cli, tmp_path):
     assert [r["quant"] for r in json.loads(out.read_text())["rows"]] == ["", "nf4"]
     code, _, stderr = cli(*args[:-2], "--quant", "nf4")
     assert code == 2 and "not both" in stderr
+
+
+def test_replayed_rows_equal_profiled_rows():
+    """A 12-layer OPT: every probe replayed (shallow profiles at batch sizes 2-4, the answer and the next batch size
+    checked by profiles) gives the rows --exact gives (every probe a profile of the whole model), figures included."""
+    model, ov = tiny("opt", layers=12, hidden=64, heads=2)
+    spec = RunSpec(model=model, gpu="v100-32gb", dtype="fp32", overrides=ov)
+    kw = dict(seq_lens=[128], headroom=0.985)
+    replayed = fit(spec, ["full", "meft3", "prefix"], search=Search(jobs=1), **kw)
+    exact = fit(spec, ["full", "meft3"], search=Search(jobs=1, exact=True), **kw)
+    assert [r.searched for r in replayed] == ["replays", "replays", "profiles"]
+    assert "replays do not apply" in replayed[2].note  # prefix tuning: a tensor sized by the depth
+    assert all(r.searched == "profiles" and r.note.startswith("--exact") for r in exact)
+    for a, b in zip(replayed[:2], exact, strict=True):
+        assert a.max_batch_size == b.max_batch_size > 1
+        assert (a.first_failing_batch_size, a.predicted_max_reserved_bytes, a.first_failing_reserved_bytes) == (
+            b.first_failing_batch_size, b.predicted_max_reserved_bytes, b.first_failing_reserved_bytes)
+        assert all(a.probes[k] == v for k, v in b.probes.items() if k in a.probes)
+    assert len(replayed[0].probes) >= len(exact[0].probes)  # (replays are free: the search is the same)
+
+
+def test_a_replay_that_disagrees_with_its_check_falls_back(monkeypatch):
+    """Negative control: a replay model whose sizes were bent by one byte per sample fails the check at the answer,
+    and the row is searched over profiles (its note says why)."""
+    from membench.runner import extrapolated
+
+    real = extrapolated.replays
+
+    def bent(spec, progress=None):
+        replays = real(spec, progress)
+        place = next(iter(replays.model.slopes))
+        replays.model.slopes[place] += 1
+        return replays
+
+    monkeypatch.setattr(extrapolated, "replays", bent)
+    model, ov = tiny("opt", layers=12, hidden=64, heads=2)
+    row = fit(RunSpec(model=model, gpu="v100-32gb", dtype="fp32", overrides=ov), ["lora"], seq_lens=[128],
+              headroom=0.985, search=Search(jobs=1))[0]
+    assert row.searched == "profiles" and "differs from the sizes learned" in row.note

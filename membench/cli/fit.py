@@ -32,6 +32,7 @@ class FitSettings:
     max_batch_size: int = option(4096, "stop the search here")
     jobs: int | None = option(None, "profiles run at once, one process each; every row is searched at once "
                                     "(default: one per CPU core)", short="-j")
+    exact: bool = option(False, "every probe a profile of the whole model: no replays of shallow profiles")
     out: Path | None = option(None, "write the rows as JSON")
 
 
@@ -46,7 +47,7 @@ SHARED = tuple(f.name for f in dataclasses.fields(RunSpec) if f.name not in SEAR
 def fit(spec: dict, settings: FitSettings) -> None:
     """Find, per method, the largest batch size whose predicted peak (reserved + CUDA context) fits the GPU."""
     from ..fit import SCHEMA_VERSION as FIT_SCHEMA_VERSION
-    from ..fit import Watch
+    from ..fit import Search, Watch
     from ..fit import fit as run_fit
     from ..gpu import specs
     from .run import spec_from_flags
@@ -67,7 +68,7 @@ def fit(spec: dict, settings: FitSettings) -> None:
     run_spec = spec_from_flags({**spec, "gpu": gpu.name})
     with _progress() as shown:
         rows = run_fit(run_spec, split_list(settings.methods, "--methods"), seq_lens=lens, headroom=settings.headroom,
-                       max_batch_size=settings.max_batch_size, jobs=settings.jobs, quants=quants,
+                       search=Search(settings.max_batch_size, settings.jobs, settings.exact), quants=quants,
                        watch=Watch(**shown))
     given_context = run_spec.context is not None
     console.print(fit_table(rows, gpu, settings.headroom, given_context=given_context, recipe=_recipe(run_spec)))

@@ -269,6 +269,10 @@ class DepthModel:
     prestep_inserts: list[tuple[int, list]]
 
     def tokens(self, n: int) -> Tokens:
+        return self.placed(n)[0]
+
+    def placed(self, n: int) -> tuple[Tokens, list[tuple]]:
+        """The tokens of depth n and each one's coordinate (("base", p) or ("blk", block, copy, offset))."""
         J = n - self.depth
         if J < 0:
             raise ValueError(f"depth {n} is below the model's {self.depth}")
@@ -287,7 +291,7 @@ class DepthModel:
             if target not in index:
                 raise NotAligned(f"the free at {coord} names {target}, which is not in the trace")
             link[i] = index[target]
-        return Tokens(kinds, link)
+        return Tokens(kinds, link), coords
 
     def trace(self, n: int) -> AllocationTrace:
         prestep, _ = expand(self.prestep_base, self.prestep_inserts, n - self.depth)

@@ -280,3 +280,83 @@ def _config(shallow: dict[int, Shallow], full: dict) -> dict:
     depths = sorted(shallow)
     a, b = shallow[depths[0]].config, shallow[depths[1]].config
     return {k: full.get(k) if b.get(k) != v else v for k, v in a.items()}
+
+
+# ---- any batch size: a fit's search over replays --------------------------------------------------------------
+
+BATCHES = (2, 3, 4)  # the batch sizes a replay model learns from (b1's at every shallow depth, b2 and b3 at a+1)
+# replays need 9 shallow profiles (depths 2-6, two more batch sizes, two checks: about 32 layers and 9 profiles'
+# overheads); a search profiles the whole model about 5 times: they pay off from about this many layers
+REPLAYS_FROM = 10
+
+
+@dataclasses.dataclass
+class Replays:
+    """Predicted steady-state max reserved bytes of `spec` (its depth) at any batch size: the depth model's time line
+    with every size at that batch size, replayed through the allocator model (membench.depth.batch)."""
+
+    model: object  # BatchDepthModel
+    depth: int
+    phases: list[str]
+    config: object  # the allocator's (AllocatorConfig)
+    check_spec: RunSpec  # depth a+1: what `check` profiles
+
+    def trace(self, b: int):
+        return self.model.trace(self.depth, b)
+
+    def reserved(self, b: int) -> int:
+        from ..gpu.predict import predict
+
+        return predict(self.trace(b), phases=self.phases, config=self.config).max_reserved_bytes
+
+    def check(self, b: int) -> None:
+        """Profile depth a+1 at batch size b: its time line must be the model's, event for event (every place's
+        size at b: what `reserved(b)` replays at full depth); NotAligned otherwise."""
+        from . import _profiled_step
+
+        spec = self.check_spec.replace(batch_size=b)
+        step, _built, backend, _plan, _order = _profiled_step(spec)
+        real = backend.allocation_trace(step)
+        if dataclasses.asdict(real) != dataclasses.asdict(self.model.trace(self.check_spec_depth, b)):
+            raise NotAligned(f"a profile at batch size {b} differs from the sizes learned at {BATCHES}")
+
+    @property
+    def check_spec_depth(self) -> int:
+        return self.model.depth_model.depth + 1
+
+
+def replays(spec: RunSpec, progress=None) -> Replays:
+    """The Replays of `spec` (fake, CUDA target; its batch size is ignored): profiles at depths a..a+4 (a+5 where
+    needed) at batch size BATCHES[0], the full model's structure checked, and depth a+1 at the other two."""
+    from ..depth.batch import fit_batch
+
+    b1, b2, b3 = BATCHES
+    depth, specs = plan(spec.replace(batch_size=b1))
+    if depth < SHALLOW:
+        raise NotAligned(f"{depth} layers: fewer than the shallowest profile's {SHALLOW}" if depth else
+                         "its stacks differ in depth")
+    shallow = profile_shallow(dict(list(specs.items())[:DEPTHS]), depth, progress)
+    check_structure(spec.replace(batch_size=b1), shallow, depth)
+    try:
+        model = fit_depth({d: s.trace for d, s in shallow.items()})
+    except Undetermined:
+        shallow.update(profile_shallow({d: s for d, s in specs.items() if d not in shallow}, depth, progress))
+        model = fit_depth({d: s.trace for d, s in shallow.items()})
+    a1 = model.depth + 1
+    traces = {b1: shallow[a1].trace}
+    for b in (b2, b3):
+        (progress or (lambda _msg: None))(f"profiling {a1} layers at batch size {b}")
+        step, _built, backend, _plan, _order = _profiled_step_of(specs[a1].replace(batch_size=b))
+        traces[b] = backend.allocation_trace(step)
+    first = shallow[min(shallow)]
+    return Replays(fit_batch(model, traces), depth, list(first.step.phases), first.backend.target.alloc_conf,
+                   specs[a1])
+
+
+def _profiled_step_of(spec: RunSpec):
+    from . import _profiled_step
+
+    try:
+        return _profiled_step(spec)
+    except UserError as exc:
+        raise NotAligned(f"a shallow copy cannot be profiled ({exc})") from None
