@@ -302,9 +302,38 @@ def measure_speed() -> dict:
     return {"rows": rows, "overhead": [measure_overhead(size) for size in sorted(SIZES, reverse=True)]}
 
 
+# docs/profiling.md: deep models on fake tensors (target CUDA a100-80gb), the whole model and extrapolated
+DEPTH = [("llama-2-70b", "lora", 1, 4096), ("llama-2-70b", "full", 1, 2048), ("llama-2-13b", "lora", 8, 512),
+         ("llama-2-7b", "lora", 8, 512), ("opt-6.7b", "meft3", 8, 512)]
+
+
+def measure_depth() -> dict:
+    """Each DEPTH run profiled whole (--exact) and extrapolated, in this process (imports paid first): the profile
+    times, and whether every figure of the two results is equal."""
+    from membench.runner import profile
+
+    profile("llama-2-7b", "lora", batch_size=1, seq_len=64, device="fake", overrides={"num_hidden_layers": 2})
+    rows = []
+    for model, method, b, s in DEPTH:
+        results = {}
+        for exact in (True, False):
+            r = profile(model, method, batch_size=b, seq_len=s, dtype="bf16", device="fake", exact=exact)
+            d = json.loads(r.to_json())
+            results[exact] = (r.wall_s, r.provenance["extrapolation"], d)
+            d.pop("wall_s")
+            for k in ("timestamp", "pid", "extrapolated", "extrapolation"):
+                d["provenance"].pop(k, None)
+        rows.append({"model": model, "method": method, "batch_size": b, "seq_len": s,
+                     "layers": results[True][2]["provenance"]["config"]["num_hidden_layers"],
+                     "whole_s": round(results[True][0], 2), "extrapolated_s": round(results[False][0], 2),
+                     "extrapolation": results[False][1], "equal": results[True][2] == results[False][2],
+                     "max_reserved_bytes": results[False][2]["predicted_cuda"]["max_reserved_bytes"]})
+    return {"rows": rows}
+
+
 MEASURE = {"memory": measure_memory, "methods": measure_methods, "fit": measure_fit, "speed": measure_speed,
            "chunks": measure_chunks, "recipes": measure_recipes, "validation": measure_validation,
-           "qlora": measure_qlora}
+           "qlora": measure_qlora, "depth": measure_depth}
 
 
 # ---- how it is shown ----------------------------------------------------------------------------------------
@@ -390,10 +419,23 @@ def render_fit(data: dict) -> str:
     lines = [f"`membench fit -m {data['model']} --methods {','.join(data['methods'])} --gpu {data['gpu']} "
              f"--dtype {data['dtype']} -s {data['seq_len']}` ({data['wall_s']:.0f} s on "
              f"{data['provenance']['cpu_count']} cores):",
-             "", "| method | largest batch | predicted peak there (reserved + context) | next batch over by |",
-             "|---|---:|---:|---:|"]
+             "", "| method | largest batch | predicted peak there (reserved + context) | next batch over by | searched |",
+             "|---|---:|---:|---:|---|"]
     for r in data["rows"]:
-        lines.append(f"| {r['method']} | {' | '.join(_fit_cells(r))} |")
+        how = r.get("searched", "profiles")
+        how = f"{len(r['probes'])} {how}" + (", the answer checked by profiles" if how == "replays" else "")
+        lines.append(f"| {r['method']} | {' | '.join(_fit_cells(r))} | {how} |")
+    return "\n".join(lines)
+
+
+def render_depth(data: dict) -> str:
+    """docs/profiling.md: a deep model profiled whole and extrapolated from shallow copies."""
+    lines = ["| model (bf16, fake tensors, target CUDA a100-80gb) | layers | whole model (--exact) | extrapolated | "
+             "every figure equal | max reserved |", "|---|---:|---:|---:|---|---:|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['model']} {r['method']} b{r['batch_size']} s{r['seq_len']} | {r['layers']} | "
+                     f"{r['whole_s']:.1f} s | {r['extrapolated_s']:.1f} s | {'yes' if r['equal'] else 'NO'} | "
+                     f"{_gib(r['max_reserved_bytes'])} |")
     return "\n".join(lines)
 
 
@@ -538,6 +580,7 @@ TABLES = {
     "validation-outcomes": ("docs/validation.md", "validation", render_validation_outcomes),
     "fit-qlora": ("README.md", "qlora", render_fit_qlora),
     "qlora": ("docs/methods.md", "qlora", render_qlora),
+    "depth": ("docs/profiling.md", "depth", render_depth),
 }
 MARK = re.compile(r"(<!-- membench:table (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /membench:table -->)", re.S)
 

@@ -25,9 +25,10 @@ from ..spec import RunSpec
 SHALLOW = 2  # the base depth: depth 1 does not align for some methods (checkpointed llama: a free's rule)
 DEPTHS = LEARN + 2  # profiles: the base, LEARN to learn from, one to check
 MORE = 1  # profiles added where those do not determine every rule (Undetermined): a free reaching further back
-# A profile costs about 3 layers' time besides its layers (building, embeddings, head, loss: measured on
-# llama-2-7b lora b8 s512), so the shallow profiles cost what a full one of this many layers does:
-OVERHEAD_LAYERS = 3
+# A profile costs about 2 layers' time besides its layers (building, embeddings, head, loss: llama-2-7b lora b8
+# s512 on 2 cores, 0.31 s at 2 layers, 0.41 s at 3, 1.8 s at 12), so the shallow profiles cost what a full one of
+# this many layers does (the full model's structure check, a meta build, about one layer more):
+OVERHEAD_LAYERS = 2
 WORTH_IT = sum(range(SHALLOW, SHALLOW + DEPTHS)) + (DEPTHS - 1) * OVERHEAD_LAYERS
 
 # figures that grow by the same amount per layer (checked on every depth)
@@ -298,16 +299,14 @@ class Replays:
     model: object  # BatchDepthModel
     depth: int
     phases: list[str]
-    config: object  # the allocator's (AllocatorConfig)
+    backend: object  # a CUDA target's: its allocator settings replay the traces
     check_spec: RunSpec  # depth a+1: what `check` profiles
 
     def trace(self, b: int):
         return self.model.trace(self.depth, b)
 
     def reserved(self, b: int) -> int:
-        from ..gpu.predict import predict
-
-        return predict(self.trace(b), phases=self.phases, config=self.config).max_reserved_bytes
+        return self.backend.replay(self.trace(b), self.phases).max_reserved_bytes
 
     def check(self, b: int) -> None:
         """Profile depth a+1 at batch size b: its time line must be the model's, event for event (every place's
@@ -349,8 +348,7 @@ def replays(spec: RunSpec, progress=None) -> Replays:
         step, _built, backend, _plan, _order = _profiled_step_of(specs[a1].replace(batch_size=b))
         traces[b] = backend.allocation_trace(step)
     first = shallow[min(shallow)]
-    return Replays(fit_batch(model, traces), depth, list(first.step.phases), first.backend.target.alloc_conf,
-                   specs[a1])
+    return Replays(fit_batch(model, traces), depth, list(first.step.phases), first.backend, specs[a1])
 
 
 def _profiled_step_of(spec: RunSpec):

@@ -172,7 +172,7 @@ def test_fit_through_a_pipe_prints_one_line_per_probe(cli, tmp_path, narrow):
         assert any(line.startswith(f"fit {method} s64 batch {b}: ") for line in lines), (method, b)
     assert all(line.endswith(("fits", "does not fit")) for line in lines)
     assert not [line for line in err.splitlines() if "fitting" in line]  # no spinner leftovers
-    assert data["schema_version"] == 2  # the fit JSON names its layout, as a run's JSON does
+    assert data["schema_version"] == 3  # the fit JSON names its layout, as a run's JSON does
 
 
 def test_fit_on_a_terminal_keeps_the_live_line(cli, monkeypatch):
