@@ -335,7 +335,7 @@ class _Step:
             peak_activation_bytes=peak_bytes,
             peak_phase=peak_phase,
             peak_by_phase=by_phase,
-            estimated_peak_bytes=param_bytes + buffer_bytes + input_bytes + opt_bytes + step_peak,
+            estimated_peak_bytes=estimated_peak(param_bytes, buffer_bytes, input_bytes, opt_bytes, step_peak),
             param_bytes=param_bytes,
             trainable_param_bytes=_unique_bytes(self.trainable),
             buffer_bytes=buffer_bytes,
@@ -356,6 +356,12 @@ class _Step:
             paged_bytes=first.paged_bytes,
             marks=first.marks,
         )
+
+
+def estimated_peak(param_bytes: int, buffer_bytes: int, input_bytes: int, optimizer_bytes: int, step_bytes: int) -> int:
+    """The step's estimated peak: what is allocated before it and its optimizer state, plus the first step's live
+    peak of everything else (activations, temporaries, gradients)."""
+    return param_bytes + buffer_bytes + input_bytes + optimizer_bytes + step_bytes
 
 
 def _default_optimizer(params) -> Callable:

@@ -9,6 +9,9 @@
 Where the shallow profiles do not align (layers that differ, a tensor whose size grows with the depth), the
 caller profiles the whole model and says why (`provenance.extrapolation`). Only fake runs extrapolate: a real
 device measures the model it runs.
+
+`replays(spec)` goes on to any batch size (membench.depth.batch: every size affine in it), for `membench fit`'s
+search: the depth model at batch size 2, depth a+1 at 3 and 4, each probe a replay through the allocator model.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import dataclasses
 import re
 import time
 
+from ..backends import runs_real_tensors
 from ..depth.ledger import Layers, affine, fit_charges
 from ..depth.trace import LEARN, NotAligned, Undetermined, expand, fit_depth, periodic
+from ..devices import default_device
 from ..errors import UserError
 from ..spec import RunSpec
 
@@ -77,8 +82,9 @@ def why_not(spec: RunSpec, layers: int, *, exact: bool, track_live: bool) -> str
     """Why `spec` is profiled in full rather than extrapolated (None: it is extrapolated)."""
     if exact:
         return "--exact: the whole model was profiled"
-    if spec.device != "fake":
-        return f"--device {spec.device} measures the whole model"
+    device = spec.device or default_device()  # (None: the default, which is cuda where a GPU is)
+    if runs_real_tensors(device):
+        return f"--device {device} measures the whole model"
     if not track_live:
         return "extrapolation needs the live tracker (track_live) and no snapshot"
     if not layers:
@@ -218,6 +224,7 @@ def extrapolate(shallow: dict[int, Shallow], spec: RunSpec, depth: int, t0: floa
     from ..gpu.predict import first_step_phase
     from ..profilers.ledger import FORWARD, RECOMPUTE, LedgerReport
     from ..profilers.live import live_peaks
+    from ..profilers.step import estimated_peak
     from .building import model_config
     from .summary import to_result
 
@@ -245,8 +252,8 @@ def extrapolate(shallow: dict[int, Shallow], spec: RunSpec, depth: int, t0: floa
     step = dataclasses.replace(
         first.step, ledger=ledger, activation_bytes=ledger.total(FORWARD), recompute_bytes=ledger.total(RECOMPUTE),
         peak_activation_bytes=peaks.activation.bytes, peak_phase=peaks.activation.phase, peak_by_phase=peaks.by_phase,
-        estimated_peak_bytes=(grow["param_bytes"] + grow["buffer_bytes"] + grow["input_bytes"]
-                              + grow["optimizer_bytes"] + peaks.step_bytes),
+        estimated_peak_bytes=estimated_peak(grow["param_bytes"], grow["buffer_bytes"], grow["input_bytes"],
+                                            grow["optimizer_bytes"], peaks.step_bytes),
         prestep_bytes=trace.prestep, live=None, marks=trace.marks, trace=trace, **grow)
     result = to_result(step, _order(first.order, first.layers, depth), spec.replace(
         model=first.described.model, seq_len=first.described.seq_len, method_options=first.described.method_options),

@@ -126,6 +126,8 @@ def test_run_says_how_it_profiled(monkeypatch):
     assert exact.provenance["extrapolation"].startswith("--exact")
     real = run(spec.replace(device="cpu", target=None).validate())
     assert real.provenance["extrapolated"] is False and "measures the whole model" in real.provenance["extrapolation"]
+    monkeypatch.setattr(ex, "default_device", lambda: "cpu")  # no --device: the default one (cuda where a GPU is)
+    assert "--device cpu measures" in ex.why_not(spec.replace(device=None), 40, exact=False, track_live=True)
 
 
 def test_gpt2s_other_name_for_its_depth_is_replaced():
