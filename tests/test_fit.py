@@ -260,6 +260,8 @@ def test_replayed_rows_equal_profiled_rows():
             b.first_failing_batch_size, b.predicted_max_reserved_bytes, b.first_failing_reserved_bytes)
         assert all(a.probes[k] == v for k, v in b.probes.items() if k in a.probes)
     assert len(replayed[0].probes) >= len(exact[0].probes)  # (replays are free: the search is the same)
+    there = fit(spec, ["full", "meft3"], search=Search(jobs=2), **kw)  # rows replayed in worker processes
+    assert [r.to_dict() for r in there] == [r.to_dict() for r in replayed[:2]]
 
 
 def test_a_replay_that_disagrees_with_its_check_falls_back(monkeypatch):

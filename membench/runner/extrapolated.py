@@ -22,14 +22,14 @@ import time
 
 from ..backends import runs_real_tensors
 from ..depth.ledger import Layers, affine, fit_charges
-from ..depth.trace import LEARN, NotAligned, Undetermined, expand, fit_depth, periodic
+from ..depth.trace import LEARN, NotAligned, expand, fit_depth, periodic
 from ..devices import default_device
 from ..errors import UserError
 from ..spec import RunSpec
 
 SHALLOW = 2  # the base depth: depth 1 does not align for some methods (checkpointed llama: a free's rule)
 DEPTHS = LEARN + 2  # profiles: the base, LEARN to learn from, one to check
-MORE = 1  # profiles added where those do not determine every rule (Undetermined): a free reaching further back
+MORE = 1  # a profile added where those do not align: a free reaching further back, or a special shallowest depth
 # A profile costs about 2 layers' time besides its layers (building, embeddings, head, loss: llama-2-7b lora b8
 # s512 on 2 cores, 0.31 s at 2 layers, 0.41 s at 3, 1.8 s at 12), so the shallow profiles cost what a full one of
 # this many layers does (the full model's structure check, a meta build, about one layer more):
@@ -111,16 +111,25 @@ def profile(spec: RunSpec, depth: int, specs: dict[int, RunSpec], progress=None,
 
 def extrapolate_from(shallow: dict[int, Shallow], specs: dict[int, RunSpec], spec: RunSpec, depth: int, progress=None,
                      t0: float = 0.0):
-    """extrapolate(), after profiling the rest of `specs` too (added to `shallow`) where the first profiles leave a
-    rule undetermined: one more depth to learn from, the rules still checked on the deepest, unseen."""
+    """extrapolate(), with more shallow profiles where the first ones do not tell (`learned`)."""
+    return learned(shallow, specs, depth, progress, lambda some: extrapolate(some, spec, depth, t0))
+
+
+def learned(shallow: dict[int, Shallow], specs: dict[int, RunSpec], depth: int, progress, fn):
+    """fn(shallow profiles); where they do not align, the rest of `specs` is profiled too (added to `shallow`) and
+    fn tried on all of them (one more depth to learn a free's rule from, the deepest still unseen), then without
+    the shallowest (whose first layer can run events the deeper copies do not: the base one deeper)."""
     try:
-        return extrapolate(shallow, spec, depth, t0)
-    except Undetermined:
+        return fn(shallow)
+    except NotAligned:
         more = {d: s for d, s in specs.items() if d not in shallow}
         if not more:
             raise
         shallow.update(profile_shallow(more, depth, progress))
-        return extrapolate(shallow, spec, depth, t0)
+    try:
+        return fn(shallow)
+    except NotAligned:
+        return fn({d: s for d, s in shallow.items() if d != min(shallow)})
 
 
 def profile_shallow(specs: dict[int, RunSpec], depth: int, progress=None) -> dict[int, Shallow]:
@@ -343,11 +352,7 @@ def replays(spec: RunSpec, progress=None) -> Replays:
                          "its stacks differ in depth")
     shallow = profile_shallow(dict(list(specs.items())[:DEPTHS]), depth, progress)
     check_structure(spec.replace(batch_size=b1), shallow, depth)
-    try:
-        model = fit_depth({d: s.trace for d, s in shallow.items()})
-    except Undetermined:
-        shallow.update(profile_shallow({d: s for d, s in specs.items() if d not in shallow}, depth, progress))
-        model = fit_depth({d: s.trace for d, s in shallow.items()})
+    model = learned(shallow, specs, depth, progress, lambda some: fit_depth({d: x.trace for d, x in some.items()}))
     a1 = model.depth + 1
     traces = {b1: shallow[a1].trace}
     for b in (b2, b3):
