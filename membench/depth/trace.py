@@ -101,13 +101,8 @@ def to_trace(t: Tokens, prestep: list[int]) -> AllocationTrace:
 # ---- structure: where one more layer inserts its blocks ------------------------------------------------------------
 
 
-def insertions(a: list, b: list, slide: str = "") -> list[tuple[int, list]]:
-    """(position in a, inserted items) turning `a` into `b` by insertions only; NotAligned otherwise.
-
-    Among repeated items (identical layers) the diff may place an insertion anywhere in a run, or split one; `slide`
-    "merge" joins neighbours across the base between them (`_merged`), "right" moves each as far right (inserting
-    X at p is inserting X[1:] + [a[p]] at p + 1 when X[0] == a[p]) or "left" as it goes, merged with a neighbour
-    it reaches: other placements of the same insertions, for `periodic` to try."""
+def insertions(a: list, b: list) -> list[tuple[int, list]]:
+    """(position in a, inserted items) turning `a` into `b` by insertions only; NotAligned otherwise."""
     sm = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
     out = []
     for op, i1, _i2, j1, j2 in sm.get_opcodes():
@@ -116,45 +111,6 @@ def insertions(a: list, b: list, slide: str = "") -> list[tuple[int, list]]:
         if op != "insert":
             raise NotAligned(f"one more layer {op}s events at {i1} (not only insertions)")
         out.append((i1, list(b[j1:j2])))
-    if slide == "merge":
-        return _merged(a, out)
-    if slide == "right":
-        return _slid_right(a, out)
-    if slide == "left":
-        return [(len(a) - p, block[::-1]) for p, block in _slid_right(a[::-1], [(len(a) - p, blk[::-1])
-                                                                               for p, blk in reversed(out)])][::-1]
-    return out
-
-
-def _merged(a: list, found: list[tuple[int, list]]) -> list[tuple[int, list]]:
-    """Neighbouring insertions X at p1 and Y at p2 with the base's s = a[p1:p2] between them as one, where the diff
-    matched part of a layer to the base: X s Y is Z s (Z inserted at p1) or s Z (at p2)."""
-    out: list[tuple[int, list]] = []
-    for pos, block in found:
-        if out:
-            p1, x = out[-1]
-            gap = a[p1:pos]
-            seg = x + gap + block
-            if len(gap) < len(seg) // 2 and seg[len(seg) - len(gap):] == gap:
-                out[-1] = (p1, seg[:len(seg) - len(gap)])
-                continue
-            if len(gap) < len(seg) // 2 and seg[:len(gap)] == gap:
-                out[-1] = (pos, seg[len(gap):])
-                continue
-        out.append((pos, block))
-    return out
-
-
-def _slid_right(a: list, found: list[tuple[int, list]]) -> list[tuple[int, list]]:
-    out: list[tuple[int, list]] = []
-    for k, (pos, block) in enumerate(found):
-        if out and out[-1][0] == pos:  # the previous one slid up to here: one insertion
-            block = out.pop()[1] + block
-        stop = found[k + 1][0] if k + 1 < len(found) else len(a)
-        while pos < stop and block[0] == a[pos]:
-            block = block[1:] + [a[pos]]
-            pos += 1
-        out.append((pos, block))
     return out
 
 
@@ -178,27 +134,14 @@ def expand(base: list, inserts: list[tuple[int, list]], copies: int) -> tuple[li
 
 
 def periodic(base: list, deeper: list[list], what: str) -> list[tuple[int, list]]:
-    """The insertions that turn `base` into each of `deeper` (1, 2, 3 more layers) as copies: the diff's own
-    placement, else its neighbours merged across the base between them, else slid right, else left (each checked on
-    every depth; the first that holds)."""
-    errors = []
-    for slide in ("", "merge", "right", "left"):
-        try:
-            return _periodic(base, deeper, what, slide)
-        except NotAligned as exc:
-            errors.append(exc)
-    raise errors[0]
-
-
-def _periodic(base: list, deeper: list[list], what: str, slide: str) -> list[tuple[int, list]]:
-    """`periodic` with one placement of the diff's insertions.
+    """The insertions that turn `base` into each of `deeper` (1, 2, 3 more layers) as copies.
 
     A layer's part of a place can itself be several parts: in an optimizer op over all parameters, each layer
     adds its parameters' allocations, then (another op) their frees; with one more layer the diff sees one
     block [A.. F..], with two it sees [A.. A.. F.. F..]. So each place's block B1 (one more layer) is split into
     the parts s1 s2 .. sk whose doubles s1 s1 s2 s2 .. sk sk make B2 (two more layers); every copy count then
     emits each part's copies together. Three more layers must come out right too, or they are not aligned."""
-    one, two = insertions(base, deeper[0], slide), insertions(base, deeper[1], slide)
+    one, two = insertions(base, deeper[0]), insertions(base, deeper[1])
     if all(expand(base, one, J)[0] == deeper[J - 1] for J in range(2, len(deeper) + 1)):
         return one
     if [p for p, _ in one] != [p for p, _ in two] or any(len(b2) != 2 * len(b1) for (_, b1), (_, b2) in

@@ -29,7 +29,7 @@ from ..spec import RunSpec
 
 SHALLOW = 2  # the base depth: depth 1 does not align for some methods (checkpointed llama: a free's rule)
 DEPTHS = LEARN + 2  # profiles: the base, LEARN to learn from, one to check
-MORE = 1  # a profile added where those do not align: a free reaching further back, or a special shallowest depth
+MORE = 1  # a profile added where those do not align: a free reaching further back than the copies learned from
 # A profile costs about 2 layers' time besides its layers (building, embeddings, head, loss: llama-2-7b lora b8
 # s512 on 2 cores, 0.31 s at 2 layers, 0.41 s at 3, 1.8 s at 12), so the shallow profiles cost what a full one of
 # this many layers does (the full model's structure check, a meta build, about one layer more):
@@ -117,8 +117,8 @@ def extrapolate_from(shallow: dict[int, Shallow], specs: dict[int, RunSpec], spe
 
 def learned(shallow: dict[int, Shallow], specs: dict[int, RunSpec], depth: int, progress, fn):
     """fn(shallow profiles); where they do not align, the rest of `specs` is profiled too (added to `shallow`) and
-    fn tried on all of them (one more depth to learn a free's rule from, the deepest still unseen), then without
-    the shallowest (whose first layer can run events the deeper copies do not: the base one deeper)."""
+    fn tried on all of them: one more depth to learn a free's rule from (one that reaches back further than the
+    copies learned from), the deepest still unseen."""
     try:
         return fn(shallow)
     except NotAligned:
@@ -126,10 +126,7 @@ def learned(shallow: dict[int, Shallow], specs: dict[int, RunSpec], depth: int, 
         if not more:
             raise
         shallow.update(profile_shallow(more, depth, progress))
-    try:
-        return fn(shallow)
-    except NotAligned:
-        return fn({d: s for d, s in shallow.items() if d != min(shallow)})
+    return fn(shallow)
 
 
 def profile_shallow(specs: dict[int, RunSpec], depth: int, progress=None) -> dict[int, Shallow]:
