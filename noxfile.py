@@ -79,11 +79,11 @@ def oldest(session: nox.Session) -> None:
 
     torch's oldest release comes from PyPI, which ships CUDA builds only: a large download (about
     4.5 GB with its CUDA libraries), that runs on a CPU-only machine as well."""
-    # the runtime floors and the test runner only (COMPAT_TESTS need nothing of the dev extra's tools)
-    session.install(*oldest_pins(), *extra_floors("quant"), "-e", ".", "pytest>=8")
+    # the runtime floors and the test runner only (COMPAT_TESTS need nothing of the dev extra's tools), on 2 workers
+    session.install(*oldest_pins(), *extra_floors("quant"), "-e", ".", "pytest>=8", "pytest-xdist>=3.5")
     session.run("python", "-c", "import torch, transformers, peft; print('oldest: torch', torch.__version__, "
                 "'transformers', transformers.__version__, 'peft', peft.__version__)")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", *(session.posargs or COMPAT_TESTS))
+    session.run("pytest", "-q", "-n", "2", "-p", "no:cacheprovider", *(session.posargs or COMPAT_TESTS))
 
 
 @nox.session
