@@ -39,7 +39,11 @@ COMPAT_TESTS = [
     "tests/test_runner.py",
     "tests/test_python_api.py",
     "tests/quant",  # transformers' bnb quantizer and replace_with_bnb_linear, peft's prepare_model_for_kbit_training
-    "tests/depth/test_extrapolated.py",  # each version's modules and events, extrapolated from shallow copies
+    # each version's modules and events, extrapolated from shallow copies (a few cases: the suite has them all)
+    *(f"tests/depth/test_extrapolated.py::{case}" for case in (
+        "test_extrapolated_equals_the_whole_model[llama-lora-0]", "test_extrapolated_equals_the_whole_model[opt-meft3-7]",
+        "test_extrapolated_equals_the_whole_model[bert-lora-14]", "test_run_says_how_it_profiled",
+        "test_a_layer_made_different_falls_back")),
 ]
 
 
