@@ -320,8 +320,7 @@ def _search_row(key: tuple, task: FitTask, say: Callable[[str], None],
     def cost(b: int) -> int:
         say(f"{name} s{seq}: batch {b}")
         probes[b] = reserved(b)
-        if probed is not None:
-            probed(name, seq, b, probes[b] + context, probes[b] + context <= limit)
+        _tell_probe(probed, task, name, seq, b, probes[b])
         return probes[b] + context
 
     best, fail = search_batch(cost, limit, task.max_batch_size)
@@ -331,6 +330,12 @@ def _search_row(key: tuple, task: FitTask, say: Callable[[str], None],
                   context_bytes=context, first_failing_batch_size=fail,
                   first_failing_reserved_bytes=probes.get(fail) if fail else None,
                   over_by_bytes=probes[fail] + context - limit if fail else None, probes=probes, quant=label)
+
+
+def _tell_probe(probed: Probed | None, task: FitTask, name: str, seq: int, b: int, reserved: int) -> None:
+    """A probe's end, as `Watch.probed` hears it: its peak (reserved + context) and whether it fits."""
+    if probed is not None:
+        probed(name, seq, b, reserved + task.context, reserved + task.context <= task.limit)
 
 
 def _in_workers(keys: list[tuple], task: FitTask, jobs: int, say: Callable[[str], None],
@@ -362,10 +367,9 @@ def _in_workers(keys: list[tuple], task: FitTask, jobs: int, say: Callable[[str]
             method, seq, quant, label = key
             tell(f"{_row_label(method, label)} s{seq}: shallow profiles and replays")
             row, note = pool.submit(_replays_or_why, key, task).result()
-            if row is not None and probed is not None:
-                for b, reserved in row.probes.items():
-                    one_at_a_time(_row_label(method, label), seq, b, reserved + task.context,
-                                  reserved + task.context <= task.limit)
+            for b, reserved in (row.probes.items() if row is not None else ()):  # (replayed in the worker)
+                _tell_probe(one_at_a_time if probed is not None else None, task, _row_label(method, label), seq, b,
+                            reserved)
             if row is None:
                 row = _search_row(key, task, tell,
                                   reserved=lambda b: pool.submit(_reserved, method, seq, b, task, quant).result(),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..gpu.predict import AllocationTrace
 from .trace import DepthModel, NotAligned, expand, to_trace, tokens
 
-SIZED = {"A": 1, "F": 1, "K": 1}  # where a token holds its size (bytes)
+SIZED = {"A", "F", "K"}  # tokens whose second item is a size (bytes)
 
 
 @dataclass

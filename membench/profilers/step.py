@@ -160,7 +160,6 @@ class _FirstStep:
     loss_value: float | None
     live_end: int
     paged_bytes: int = 0
-    marks: dict = field(default_factory=dict)  # record id -> "grad" | "state" (AllocationTrace.marks)
 
 
 class _Step:
@@ -324,10 +323,11 @@ class _Step:
                                first_step=first_step)
             peak_bytes, peak_phase, by_phase = peaks.activation.bytes, peaks.activation.phase, peaks.by_phase
             step_peak = peaks.step_bytes
-            first.marks = {**dict.fromkeys(first.grad_ids, "grad"), **dict.fromkeys(opt_ids - tracker.host_ids, "state")}
+            marks = {**dict.fromkeys(first.grad_ids, "grad"), **dict.fromkeys(opt_ids - tracker.host_ids, "state")}
         else:
             peak_bytes, peak_phase, by_phase = report.total(FORWARD), "forward", {}
             step_peak = peak_bytes + first.grad_bytes
+            marks = {}
         return StepProfile(
             ledger=report,
             activation_bytes=report.total(FORWARD),
@@ -354,7 +354,7 @@ class _Step:
             optimizer_name=type(self.opt).__name__,
             loss_kind=first.loss_kind,
             paged_bytes=first.paged_bytes,
-            marks=first.marks,
+            marks=marks,
         )
 
 

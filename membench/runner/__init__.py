@@ -29,8 +29,8 @@ from ..result import RunResult
 from ..spec import RunSpec
 from .building import Built, InputsTooLarge, build, layer_groups, model_config, sequence_length
 
-__all__ = ["profile", "profile_built", "profile_module", "run", "allocation_trace", "build", "Built", "InputsTooLarge", "layer_groups",
-           "model_config", "sequence_length", "fake_mode", "fakeify", "real_gpu_spec"]
+__all__ = ["profile", "profile_built", "profile_module", "run", "allocation_trace", "build", "Built", "InputsTooLarge",
+           "layer_groups", "model_config", "sequence_length", "fake_mode", "fakeify", "real_gpu_spec"]
 
 
 def _quiet_third_party(fn):
@@ -133,12 +133,8 @@ def _full(spec: RunSpec, snapshot, progress, track_live: bool, t0: float) -> Run
 
 
 def allocation_trace(spec: RunSpec):
-    """The allocation trace (membench.gpu.predict.AllocationTrace) and phases of a validated spec's step on a CUDA
-    target predicted with fake tensors: what the allocator model replays (membench.gpu.depth extrapolates it)."""
-    if spec.device != "fake" or spec.target == "cpu":
-        from ..errors import UserError
-
-        raise UserError("an allocation trace is a CUDA target's prediction: --device fake (target cuda)")
+    """The time line (membench.gpu.predict.AllocationTrace; on a CUDA target what the allocator model replays) and
+    phases of a validated spec's step, profiled whole (membench.depth extrapolates it)."""
     step, _built, backend, _plan, _order = _profiled_step(spec)
     return backend.allocation_trace(step), list(step.phases)
 

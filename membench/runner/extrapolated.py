@@ -329,12 +329,8 @@ class Replays:
         spec = self.check_spec.replace(batch_size=b)
         step, _built, backend, _plan, _order = _profiled_step(spec)
         real = backend.allocation_trace(step)
-        if dataclasses.asdict(real) != dataclasses.asdict(self.model.trace(self.check_spec_depth, b)):
+        if dataclasses.asdict(real) != dataclasses.asdict(self.model.trace(self.model.depth_model.depth + 1, b)):
             raise NotAligned(f"a profile at batch size {b} differs from the sizes learned at {BATCHES}")
-
-    @property
-    def check_spec_depth(self) -> int:
-        return self.model.depth_model.depth + 1
 
 
 def replays(spec: RunSpec, progress=None) -> Replays:

@@ -1,4 +1,4 @@
-"""Allocation traces at any depth from shallow copies (membench/gpu/depth.py): exact where they align, refused
+"""Allocation traces at any depth from shallow copies (membench/depth/trace.py): exact where they align, refused
 where they do not."""
 
 from __future__ import annotations
